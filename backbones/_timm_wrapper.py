@@ -1,0 +1,94 @@
+"""Wrap a timm network as a Backbone: timm builds and dilates it, we own the contract."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import timm
+from torch import Tensor, nn
+
+from backbones._base import Backbone, resolve_out_indices
+from backbones._features import FeatureInfo
+from backbones._weights import download_error, load_checked, read_state_dict
+
+# Classifier and pre-logits keys of timm checkpoints that a feature extractor drops.
+TIMM_CLASSIFIER_KEYS = ("classifier.*", "conv_head.*", "bn2.*", "fc.*", "head.*", "global_pool.*", "norm_head.*")
+
+
+class TimmBackbone(Backbone):
+    """A timm `features_only` network behind the Backbone contract.
+
+    The timm model is always built with all its levels, so a checkpoint in timm's layout loads
+    whatever `out_indices` asks for; `out_indices` only selects what `forward` returns.
+
+    Args:
+        name: Our registered name.
+        architecture: Human description for messages, e.g. "mobilenet_v2 (width_mult=0.5)".
+        timm_name: timm model name (its pretrained tag chooses the hub weights).
+        pretrained: False, True (timm's hub), or a local file in timm's layout.
+        output_stride: 8, 16 or 32 (timm dilates).
+        out_indices: Levels to return, None for all.
+        in_chans: Input channels.
+        pretrained_available: Whether hub weights exist for this variant.
+        timm_kwargs: Extra arguments to `timm.create_model` (e.g. channel_multiplier).
+        create_fn: Builds the timm model instead of `timm.create_model(timm_name, ...)` (for widths timm
+            does not register); called with the same keyword arguments.
+        classifier_keys: fnmatch patterns of checkpoint keys to ignore.
+        stem_keys: Model keys of the first convolution's weight (adapted when in_chans != 3).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        architecture: str,
+        timm_name: str,
+        pretrained: bool | str | os.PathLike,
+        output_stride: int,
+        out_indices: Sequence[int] | None,
+        in_chans: int,
+        pretrained_available: bool = True,
+        timm_kwargs: dict | None = None,
+        create_fn: Callable[..., nn.Module] | None = None,
+        classifier_keys: Sequence[str] = TIMM_CLASSIFIER_KEYS,
+        stem_keys: Sequence[str] = ("conv_stem.weight",),
+    ) -> None:
+        super().__init__()
+        self.name, self.in_chans, self.output_stride = name, in_chans, output_stride
+        from_hub = pretrained is True
+        if from_hub and not pretrained_available:
+            raise ValueError(
+                f"no ImageNet weights are published for {architecture}; use pretrained=False or pass a local file"
+            )
+        kwargs = dict(features_only=True, output_stride=output_stride, in_chans=in_chans, **(timm_kwargs or {}))
+        try:
+            if create_fn is not None:
+                self.model = create_fn(pretrained=from_hub, **kwargs)
+            else:
+                self.model = timm.create_model(timm_name, pretrained=from_hub, **kwargs)
+        except (OSError, ConnectionError, RuntimeError) as err:
+            if not from_hub:
+                raise
+            tag = timm.models.get_pretrained_cfg(timm_name)
+            source = f"the Hugging Face Hub ({tag.hf_hub_id if tag and tag.hf_hub_id else timm_name}, via timm)"
+            raise download_error(architecture, source, err) from err
+        if pretrained not in (False, True, None):
+            load_checked(
+                self.model,
+                read_state_dict(pretrained),
+                source=str(pretrained),
+                architecture=f"{architecture} (timm '{timm_name}' layout)",
+                ignore=classifier_keys,
+                in_chans=in_chans,
+                stem_keys=stem_keys,
+            )
+        info = self.model.feature_info
+        all_info = FeatureInfo(tuple(info.channels()), tuple(info.reduction()))
+        self.out_indices = resolve_out_indices(out_indices, len(all_info), name)
+        self.feature_info = all_info.select(self.out_indices)
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        """(N, C, H, W) -> selected maps, see `Backbone.forward`."""
+        features = self.model(x)
+        return [features[i] for i in self.out_indices]
