@@ -1,0 +1,59 @@
+"""The one LightningCLI subclass every task uses: `python -m tasks.X fit|validate|test|predict`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+
+class LiteDenseCLI(LightningCLI):
+    """LightningCLI with a `--backbone NAME` shortcut for `--model.backbone NAME`.
+
+    The shortcut wins over a `--config` file, so `--config recipe.yaml --backbone ghostnet` runs the
+    recipe on another backbone. Unknown names fail when the model is built, with the closest names.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Add `--backbone`."""
+        parser.add_argument(
+            "--backbone",
+            type=str | None,
+            default=None,
+            help="Backbone name (see `python -m backbones.table`); shortcut for --model.backbone.",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        """Copy `--backbone` into the model's arguments."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("backbone"):
+            config.model.backbone = config.backbone
+
+
+def run_cli(
+    model_class: type[LightningModule],
+    datamodule_class: type[LightningDataModule],
+    trainer_defaults: dict[str, Any] | None = None,
+    args: list[str] | None = None,
+) -> LiteDenseCLI:
+    """Run a task's command line.
+
+    Args:
+        model_class: The task's LightningModule.
+        datamodule_class: The task's LightningDataModule.
+        trainer_defaults: The task's default schedule (max_epochs, callbacks, logger); any of it can
+            be overridden from the command line or a config.
+        args: Arguments instead of sys.argv (tests).
+
+    Returns:
+        The CLI after it ran.
+    """
+    return LiteDenseCLI(
+        model_class,
+        datamodule_class,
+        trainer_defaults=trainer_defaults or {},
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+        args=args,
+    )
