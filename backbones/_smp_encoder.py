@@ -1,0 +1,1 @@
+"""Placeholder: smp encoder registration, being written."""

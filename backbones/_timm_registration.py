@@ -1,0 +1,1 @@
+"""Placeholder: timm registry registration, being written."""
