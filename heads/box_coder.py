@@ -41,9 +41,7 @@ def encode_boxes(boxes: Tensor, default_boxes: Tensor, weights: Sequence[float] 
     )
 
 
-def decode_boxes(
-    offsets: Tensor, default_boxes: Tensor, weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0)
-) -> Tensor:
+def decode_boxes(offsets: Tensor, default_boxes: Tensor, weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0)) -> Tensor:
     """Boxes from offsets; the inverse of `encode_boxes`.
 
     Args:

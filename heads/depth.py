@@ -35,9 +35,7 @@ def _conv_bn_relu(in_ch: int, out_ch: int, kernel_size: int, groups: int = 1) ->
 
 def _separable(in_ch: int, out_ch: int, kernel_size: int) -> nn.Sequential:
     """Depthwise k x k then pointwise 1x1, each with BN and ReLU (FastDepth's decoder layer)."""
-    return nn.Sequential(
-        _conv_bn_relu(in_ch, in_ch, kernel_size, groups=in_ch), _conv_bn_relu(in_ch, out_ch, 1)
-    )
+    return nn.Sequential(_conv_bn_relu(in_ch, in_ch, kernel_size, groups=in_ch), _conv_bn_relu(in_ch, out_ch, 1))
 
 
 class DepthOutput(nn.Module):

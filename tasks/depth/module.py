@@ -1,0 +1,157 @@
+"""The depth LightningModule: backbone + depth decoder built from names, loss, metrics, image logs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from backbones import create_backbone
+from heads.depth import create_depth_head
+from tasks.depth.losses import create_loss, scale_and_shift, valid_mask
+from tasks.depth.metrics import DepthMetrics
+from tasks.depth.visualize import depth_panels
+
+# Shown in the progress bar and printed after each validation.
+SHOWN = (("abs_rel", "AbsRel"), ("delta1", "delta1"), ("rmse", "RMSE"))
+
+
+class DepthModule(LightningModule):
+    """Monocular depth: `image -> backbone -> decoder -> depth`.
+
+    Args:
+        backbone: Registered backbone name.
+        pretrained: False, True (ImageNet weights, needs the network) or a local weights file.
+        output_stride: Backbone output stride (32, 16 or 8).
+        backbone_kwargs: Family options of the backbone (e.g. {"width_mult": 0.5}).
+        head: "nnconv5" (FastDepth) or "fusion" (multi-scale, MiDaS-like).
+        head_kwargs: The decoder's options (e.g. {"decoder_channels": [...]}, {"channels": 96}).
+        output: "metric" (depth in (0, max_depth)) or "inverse" (relative inverse depth; use loss "ssi").
+        max_depth: Largest depth the model predicts and trains on, metres.
+        loss: "silog", "l1", "berhu" or "ssi".
+        loss_kwargs: The loss's options (e.g. {"lam": 0.85, "scale": 10.0}).
+        protocol: Evaluation protocol: "none", "nyu", "kitti_garg", "kitti_eigen".
+        eval_max_depth: Cap of the evaluation; None = the protocol's.
+        median_scaling: Median-scale each prediction before the metrics (relative models).
+        lr: Peak learning rate (AdamW, one-cycle schedule).
+        weight_decay: AdamW weight decay.
+        log_images: Samples in the TensorBoard panel (0 = none).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "mobilenet_v2",
+        pretrained: bool | str = False,
+        output_stride: int = 32,
+        backbone_kwargs: dict[str, Any] | None = None,
+        head: str = "nnconv5",
+        head_kwargs: dict[str, Any] | None = None,
+        output: str = "metric",
+        max_depth: float = 10.0,
+        loss: str = "silog",
+        loss_kwargs: dict[str, Any] | None = None,
+        protocol: str = "none",
+        eval_max_depth: float | None = None,
+        median_scaling: bool = False,
+        lr: float = 2e-3,
+        weight_decay: float = 1e-4,
+        log_images: int = 4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if (loss == "ssi") != (output == "inverse"):
+            raise ValueError(
+                f"loss '{loss}' does not fit output '{output}': the scale-and-shift-invariant loss ('ssi') "
+                f"trains relative inverse depth (output='inverse'); the others train metric depth"
+            )
+        self.backbone = create_backbone(
+            backbone, pretrained=pretrained, output_stride=output_stride, **(backbone_kwargs or {})
+        )
+        self.head = create_depth_head(
+            head, self.backbone.feature_info, output=output, max_depth=max_depth, **(head_kwargs or {})
+        )
+        self.criterion = create_loss(loss, **(loss_kwargs or {}))
+        cap = max_depth if eval_max_depth is None and protocol == "none" else eval_max_depth
+        self.val_metrics = DepthMetrics(protocol, max_depth=cap, median_scaling=median_scaling)
+        self.test_metrics = DepthMetrics(protocol, max_depth=cap, median_scaling=median_scaling)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(N, 3, H, W) normalized images -> (N, 1, H, W) depth (or inverse depth)."""
+        return self.head(self.backbone(images), output_size=images.shape[-2:])
+
+    def _loss(self, pred: Tensor, depth: Tensor) -> Tensor:
+        return self.criterion(pred, depth, valid_mask(depth, 0.0, self.hparams.max_depth))
+
+    def to_depth(self, pred: Tensor, depth: Tensor | None = None) -> Tensor:
+        """Metric depth from the output: as is, or (inverse output) aligned to the ground truth's inverse
+        depth by per-image least-squares scale and shift, then inverted (MiDaS's evaluation)."""
+        if self.hparams.output == "metric":
+            return pred
+        if depth is None:
+            return 1.0 / pred.clamp_min(1e-6)  # unaligned relative depth
+        valid = valid_mask(depth, 0.0, self.hparams.max_depth)
+        disparity = torch.where(valid, 1.0 / depth.clamp_min(1e-6), torch.zeros_like(depth))
+        s, t = scale_and_shift(pred.flatten(0, 1), disparity.flatten(0, 1), valid.flatten(0, 1))
+        aligned = s.view(-1, 1, 1, 1) * pred + t.view(-1, 1, 1, 1)
+        return 1.0 / aligned.clamp_min(1.0 / self.hparams.max_depth)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        """Masked loss of one batch."""
+        pred = self(batch["image"])  # (N, 1, H, W)
+        loss = self._loss(pred, batch["depth"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(pred))
+        return loss
+
+    def _evaluate(self, batch: dict, batch_idx: int, stage: str, metrics: DepthMetrics) -> None:
+        pred = self(batch["image"])
+        depth = batch["depth"]
+        self.log(f"{stage}/loss", self._loss(pred, depth), batch_size=len(pred))
+        pred_depth = self.to_depth(pred, depth)
+        metrics.update(pred_depth, depth)
+        if batch_idx == 0 and self.hparams.log_images and isinstance(self.logger, TensorBoardLogger):
+            panel = depth_panels(batch["image"], depth, pred_depth, self.hparams.max_depth, self.hparams.log_images)
+            self.logger.experiment.add_image(f"{stage}/rgb_gt_pred_error", panel, self.global_step)
+
+    def _report(self, stage: str, metrics: DepthMetrics) -> None:
+        if metrics.images == 0:
+            metrics.reset()
+            return
+        values = metrics.compute()
+        metrics.reset()
+        for name, value in values.items():
+            shown = any(name == key for key, _ in SHOWN)
+            self.log(f"{stage}/{name}", value, prog_bar=shown)
+        if not self.trainer.sanity_checking:
+            summary = "  ".join(f"{label} {values[key]:.3f}" for key, label in SHOWN)
+            self.print(f"{stage} epoch {self.current_epoch}: {summary}")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Validation loss and metrics; the first batch is drawn to TensorBoard."""
+        self._evaluate(batch, batch_idx, "val", self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log and print the validation metrics."""
+        self._report("val", self.val_metrics)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        """Test loss and metrics."""
+        self._evaluate(batch, batch_idx, "test", self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        """Log and print the test metrics."""
+        self._report("test", self.test_metrics)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """{"depth": (N, 1, H, W) metres, "name": [...]} (relative models: unaligned 1 / output)."""
+        return {"depth": self.to_depth(self(batch["image"])), "name": batch["name"]}
+
+    def configure_optimizers(self) -> dict:
+        """AdamW with a one-cycle schedule over the whole run (warm-up, then cosine decay)."""
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=self.hparams.lr, total_steps=max(1, int(self.trainer.estimated_stepping_batches))
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

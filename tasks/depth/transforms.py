@@ -1,0 +1,98 @@
+"""Image + depth preprocessing and augmentation (albumentations), turning samples into tensors.
+
+Depth moves with the image as a `mask` target, resized with nearest neighbour so that no invalid
+(zero) pixel is blended into a valid one. Zooming in by s makes the scene look s times closer, so
+the scale augmentation divides depth by s (Eigen et al., NIPS 2014), keeping image and depth consistent.
+"""
+
+from __future__ import annotations
+
+import random
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def sanitize_depth(depth: np.ndarray) -> np.ndarray:
+    """Float32 depth with every invalid value (NaN, inf, negative) set to 0, the "no measurement" mark."""
+    depth = np.asarray(depth, dtype=np.float32)
+    return np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
+
+
+class DepthTransform:
+    """Resize (and for training augment) an (image, depth) pair and convert it to tensors.
+
+    Args:
+        size: (height, width) of the network input.
+        train: Apply augmentation: scale (zoom 1 to `max_scale`, depth / scale) + random crop,
+            horizontal flip, colour jitter.
+        max_scale: Largest zoom factor of the scale augmentation.
+        flip: Horizontal flip probability in training.
+        photometric: Colour jitter probability in training.
+    """
+
+    def __init__(
+        self,
+        size: tuple[int, int],
+        train: bool = False,
+        max_scale: float = 1.25,
+        flip: float = 0.5,
+        photometric: float = 0.8,
+    ) -> None:
+        self.size, self.train, self.max_scale = (int(size[0]), int(size[1])), train, max_scale
+        self.resize = A.Resize(*self.size, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)
+        self.augment = A.Compose(
+            [
+                A.HorizontalFlip(p=flip),
+                A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=photometric),
+            ]
+        )
+
+    def __call__(self, image: np.ndarray, depth: np.ndarray, name: str = "") -> dict:
+        """(H, W, 3) uint8 image, (H, W) depth in metres -> {"image": (3, h, w), "depth": (1, h, w), "name"}."""
+        if image.shape[:2] != depth.shape[:2]:
+            raise ValueError(
+                f"image and depth of '{name}' differ in size: image {image.shape[:2]}, depth {depth.shape[:2]}"
+            )
+        depth = sanitize_depth(depth)
+        height, width = self.size
+        if self.train and self.max_scale > 1:
+            scale = random.uniform(1.0, self.max_scale)
+            zoom = A.Compose(
+                [
+                    A.Resize(
+                        round(height * scale),
+                        round(width * scale),
+                        interpolation=cv2.INTER_LINEAR,
+                        mask_interpolation=cv2.INTER_NEAREST,
+                    ),
+                    A.RandomCrop(height, width),
+                ]
+            )
+            out = zoom(image=image, mask=depth)
+            image, depth = out["image"], out["mask"] / scale
+        else:
+            out = self.resize(image=image, mask=depth)
+            image, depth = out["image"], out["mask"]
+        if self.train:
+            out = self.augment(image=image, mask=depth)
+            image, depth = out["image"], out["mask"]
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        return {
+            "image": (image - mean) / std,  # (3, h, w)
+            "depth": torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None],  # (1, h, w)
+            "name": name,
+        }
+
+
+def denormalize(image: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) normalized -> (N, 3, H, W) in [0, 1], for visualisation."""
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=image.device).view(1, 3, 1, 1)
+    return (image * std + mean).clamp(0, 1)

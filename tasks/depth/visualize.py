@@ -1,0 +1,71 @@
+"""Colour maps of depth and error, and the RGB | ground truth | prediction | error panels."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import torch
+from torch import Tensor
+
+from tasks.depth.transforms import denormalize
+
+
+def colorize(values: Tensor, vmin: float, vmax: float, cmap: str = "magma_r", valid: Tensor | None = None) -> Tensor:
+    """Map (H, W) values to (3, H, W) colours in [0, 1]; invalid pixels are black.
+
+    Args:
+        values: (H, W) depth or error.
+        vmin: Value of the colour map's first colour.
+        vmax: Value of its last colour.
+        cmap: Matplotlib colour map ("magma_r": near is bright, far is dark).
+        valid: (H, W) boolean mask; None = finite values.
+    """
+    values = values.detach().float().cpu()
+    valid = torch.isfinite(values) if valid is None else valid.cpu() & torch.isfinite(values)
+    scaled = ((values - vmin) / max(vmax - vmin, 1e-6)).clamp(0, 1).nan_to_num(0.0)
+    rgb = torch.from_numpy(matplotlib.colormaps[cmap](scaled.numpy())[..., :3]).permute(2, 0, 1).float()
+    return rgb * valid[None]
+
+
+def depth_panels(image: Tensor, gt: Tensor, pred: Tensor, max_depth: float, rows: int = 4) -> Tensor:
+    """A grid with one sample per row: RGB | ground truth | prediction | absolute error.
+
+    Args:
+        image: (N, 3, H, W) normalized images.
+        gt: (N, 1, H, W) ground truth, invalid = 0.
+        pred: (N, 1, H, W) predicted depth.
+        max_depth: Depth of the colour map's far end (error uses a fifth of it).
+        rows: Samples shown.
+
+    Returns:
+        (3, rows * H, 4 * W) in [0, 1].
+    """
+    rgb = denormalize(image[:rows].detach().float().cpu())
+    out = []
+    for k in range(rgb.shape[0]):
+        g, p = gt[k, 0].detach().float().cpu(), pred[k, 0].detach().float().cpu()
+        valid = g > 0
+        vmax = float(g[valid].max()) if valid.any() else max_depth
+        error = (p - g).abs()
+        out.append(
+            torch.cat(
+                [
+                    rgb[k],
+                    colorize(g, 0.0, vmax, valid=valid),
+                    colorize(p, 0.0, vmax),
+                    colorize(error, 0.0, vmax / 5, cmap="inferno", valid=valid),
+                ],
+                dim=2,
+            )
+        )
+    return torch.cat(out, dim=1)
+
+
+def depth_to_uint8_rgb(depth: np.ndarray, vmax: float | None = None) -> np.ndarray:
+    """(H, W) depth -> (H, W, 3) uint8 colour map (scaled to the image's own 99th percentile by default)."""
+    values = torch.from_numpy(np.asarray(depth, dtype=np.float32))
+    if vmax is None:
+        finite = values[torch.isfinite(values) & (values > 0)]
+        vmax = float(torch.quantile(finite, 0.99)) if finite.numel() else 1.0
+    rgb = colorize(values, 0.0, vmax)
+    return (rgb.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)

@@ -1,0 +1,1 @@
+"""SSDLite detection on any backbone: `python -m tasks.detection fit|validate|test|predict`."""

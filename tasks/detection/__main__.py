@@ -1,0 +1,5 @@
+"""python -m tasks.detection fit|validate|test|predict [--backbone NAME] [--config configs/detection/X.yaml]."""
+
+from tasks.detection.cli import main
+
+main()
