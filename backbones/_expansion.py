@@ -8,8 +8,10 @@ features before the strided depthwise conv. In TensorFlow's MobileNetV2 that is
 channels for MobileNetV2 and EfficientNet, 960 / 576 for MobileNetV3 large / small).
 
 This is NOT timm's `feature_location="expansion"`, which hooks the input of the last block's projection
-(post-depthwise activations). Here the timm classifier model is built, cut after the deepest tap, and run
-block by block; its modules and state-dict keys stay timm's, so timm checkpoints load unchanged.
+(post-depthwise activations). Here timm's model (the classifier for EfficientNet-style nets, whose
+conv_head we need; the features model for MobileNetV3, which timm only dilates there) is cut after the
+deepest tap and run block by block; its modules and state-dict keys stay timm's, so timm checkpoints
+load unchanged.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from torch import Tensor, nn
 from backbones._base import Backbone, resolve_out_indices
 from backbones._features import FeatureInfo
 from backbones._registry import Pretrained
-from backbones._timm_wrapper import TimmBackbone
-from backbones._weights import download_error, load_checked, read_state_dict
+from backbones._timm_wrapper import TimmBackbone, create_timm_model
+from backbones._weights import load_checked, read_state_dict
 
 # Keys of a MobileNetV3 classifier checkpoint that its features model lacks: all after the global pooling.
 _MNV3_HEAD_KEYS = ("classifier.*", "conv_head.*", "norm_head.*")
@@ -201,7 +203,14 @@ class ExpansionTimmBackbone(Backbone):
             kwargs["features_only"] = True
         else:
             kwargs["num_classes"] = 0
-        model = _create_timm(timm_name, architecture, pretrained, pretrained_available, create_fn, kwargs)
+        model = create_timm_model(
+            timm_name,
+            architecture=architecture,
+            pretrained=pretrained,
+            pretrained_available=pretrained_available,
+            create_fn=create_fn,
+            **kwargs,
+        )
         if not isinstance(model, (EfficientNet, MobileNetV3Features)):
             raise TypeError(f"{architecture}: expansion taps need a timm EfficientNet or MobileNetV3 model")
         # timm's stage features: 'bn1' (the stem) or 'blocks.<s>' (the end of stage s), shallow to deep.
@@ -250,32 +259,6 @@ class ExpansionTimmBackbone(Backbone):
         if len(levels) < self._num_levels:  # the last level: the final 1x1 conv
             levels.append(self.model.bn2(self.model.conv_head(x)) if self._conv_head else x)
         return [levels[i] for i in self.out_indices]
-
-
-def _create_timm(
-    timm_name: str,
-    architecture: str,
-    pretrained: Pretrained,
-    pretrained_available: bool,
-    create_fn: Callable[..., nn.Module] | None,
-    kwargs: dict,
-) -> nn.Module:
-    """Build the timm model (hub weights if pretrained is True), raising the usual download error."""
-    from_hub = pretrained is True
-    if from_hub and not pretrained_available:
-        raise ValueError(
-            f"no ImageNet weights are published for {architecture}; use pretrained=False or pass a local file"
-        )
-    try:
-        if create_fn is not None:
-            return create_fn(pretrained=from_hub, **kwargs)
-        return timm.create_model(timm_name, pretrained=from_hub, **kwargs)
-    except (OSError, ConnectionError, RuntimeError) as err:
-        if not from_hub:
-            raise
-        tag = timm.models.get_pretrained_cfg(timm_name)
-        source = f"the Hugging Face Hub ({tag.hf_hub_id if tag and tag.hf_hub_id else timm_name}, via timm)"
-        raise download_error(architecture, source, err) from err
 
 
 def _prune(model: nn.Module, tap_stages: Sequence[int], num_levels: int, conv_head: bool) -> nn.Module:

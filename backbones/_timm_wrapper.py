@@ -16,6 +16,57 @@ from backbones._weights import download_error, load_checked, read_state_dict
 TIMM_CLASSIFIER_KEYS = ("classifier.*", "conv_head.*", "bn2.*", "fc.*", "head.*", "global_pool.*", "norm_head.*")
 
 
+def create_timm_model(
+    timm_name: str,
+    *,
+    architecture: str,
+    pretrained: bool | str | os.PathLike,
+    pretrained_available: bool = True,
+    create_fn: Callable[..., nn.Module] | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Build a timm model, with its ImageNet weights from the hub when `pretrained is True`.
+
+    A local file (`pretrained` a path) is not loaded here: the caller loads it with
+    `backbones._weights.load_checked` once the model has the layout the file is checked against.
+
+    Args:
+        timm_name: timm variant; its default pretrained tag chooses the hub weights.
+        architecture: Human description for messages, e.g. "ghostnet (width_mult=1.0)".
+        pretrained: False, True (timm's hub), or a path (loaded by the caller).
+        pretrained_available: Whether the hub has weights for this variant.
+        create_fn: Builds the model instead of `timm.create_model(timm_name, ...)` (widths timm does not
+            register); called with the same keyword arguments.
+        **kwargs: Passed to timm (features_only, output_stride, in_chans, ...).
+
+    Returns:
+        The timm model.
+
+    Raises:
+        ValueError: Hub weights asked for a variant that has none.
+        RuntimeError: The weights could not be fetched (offline); the message says how to pass a file.
+    """
+    from_hub = pretrained is True
+    if from_hub and not pretrained_available:
+        raise ValueError(
+            f"no ImageNet weights are published for {architecture}; use pretrained=False or pass a local file "
+            f"as pretrained='/path/to/weights.pth'"
+        )
+    try:
+        if create_fn is not None:
+            return create_fn(pretrained=from_hub, **kwargs)
+        return timm.create_model(timm_name, pretrained=from_hub, **kwargs)
+    except (OSError, ConnectionError, RuntimeError) as err:
+        if not from_hub:
+            raise
+        cfg = timm.models.get_pretrained_cfg(timm_name)
+        if cfg is not None and cfg.hf_hub_id:
+            source = f"the Hugging Face Hub ({cfg.hf_hub_id}, via timm)"
+        else:
+            source = cfg.url if cfg is not None and cfg.url else f"timm '{timm_name}'"
+        raise download_error(architecture, source, err) from err
+
+
 class TimmBackbone(Backbone):
     """A timm `features_only` network behind the Backbone contract.
 
@@ -56,23 +107,15 @@ class TimmBackbone(Backbone):
     ) -> None:
         super().__init__()
         self.name, self.in_chans, self.output_stride = name, in_chans, output_stride
-        from_hub = pretrained is True
-        if from_hub and not pretrained_available:
-            raise ValueError(
-                f"no ImageNet weights are published for {architecture}; use pretrained=False or pass a local file"
-            )
         kwargs = dict(features_only=True, output_stride=output_stride, in_chans=in_chans, **(timm_kwargs or {}))
-        try:
-            if create_fn is not None:
-                self.model = create_fn(pretrained=from_hub, **kwargs)
-            else:
-                self.model = timm.create_model(timm_name, pretrained=from_hub, **kwargs)
-        except (OSError, ConnectionError, RuntimeError) as err:
-            if not from_hub:
-                raise
-            tag = timm.models.get_pretrained_cfg(timm_name)
-            source = f"the Hugging Face Hub ({tag.hf_hub_id if tag and tag.hf_hub_id else timm_name}, via timm)"
-            raise download_error(architecture, source, err) from err
+        self.model = create_timm_model(
+            timm_name,
+            architecture=architecture,
+            pretrained=pretrained,
+            pretrained_available=pretrained_available,
+            create_fn=create_fn,
+            **kwargs,
+        )
         if pretrained not in (False, True, None):
             load_checked(
                 self.model,

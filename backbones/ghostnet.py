@@ -15,14 +15,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import timm
 from torch import Tensor, nn
 
 from backbones._base import Backbone, resolve_out_indices
 from backbones._dilation import dilate_stage_, dilation_plan, running_strides
 from backbones._features import FeatureInfo
 from backbones._registry import Pretrained, register_backbone
-from backbones._weights import download_error, load_checked, read_state_dict
+from backbones._timm_wrapper import create_timm_model
+from backbones._weights import load_checked, read_state_dict
 
 # width_mult -> timm name. Only the 1.0x network has published ImageNet weights (timm's hub).
 _TIMM_NAMES = {0.5: "ghostnet_050", 1.0: "ghostnet_100", 1.3: "ghostnet_130"}
@@ -83,7 +83,13 @@ class GhostNetBackbone(Backbone):
         self.name, self.in_chans, self.output_stride = "ghostnet", in_chans, output_stride
         timm_name = _TIMM_NAMES[width_mult]
         architecture = f"ghostnet (width_mult={width_mult})"
-        self.model = _create_timm_model(timm_name, architecture, pretrained, width_mult in _HAS_WEIGHTS, in_chans)
+        self.model = create_timm_model(
+            timm_name,
+            architecture=architecture,
+            pretrained=pretrained,
+            pretrained_available=width_mult in _HAS_WEIGHTS,
+            in_chans=in_chans,
+        )
         # Only the feature extractor stays: no parameter may go without a gradient.
         self.model.reset_classifier(0)
         self.model.conv_head = nn.Identity()
@@ -135,26 +141,6 @@ class GhostNetBackbone(Backbone):
             if index in self._output_at:
                 features.append(x)
         return features
-
-
-def _create_timm_model(
-    timm_name: str, architecture: str, pretrained: Pretrained, has_weights: bool, in_chans: int
-) -> nn.Module:
-    """timm's classifier network, with hub weights when `pretrained is True`."""
-    from_hub = pretrained is True
-    if from_hub and not has_weights:
-        raise ValueError(
-            f"no ImageNet weights are published for {architecture} (only width_mult=1.0 has them); "
-            f"use pretrained=False or pass a local file"
-        )
-    try:
-        return timm.create_model(timm_name, pretrained=from_hub, in_chans=in_chans)
-    except (OSError, ConnectionError, RuntimeError) as err:
-        if not from_hub:
-            raise
-        cfg = timm.models.get_pretrained_cfg(timm_name)
-        source = f"the Hugging Face Hub ({cfg.hf_hub_id if cfg and cfg.hf_hub_id else timm_name}, via timm)"
-        raise download_error(architecture, source, err) from err
 
 
 def _dilate_(blocks: nn.Sequential, output_stride: int) -> list[int]:

@@ -16,14 +16,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
-import timm
 from torch import Tensor, nn
 
 from backbones._base import Backbone, resolve_out_indices
 from backbones._dilation import dilation_plan, running_strides
 from backbones._features import FeatureInfo
 from backbones._registry import Pretrained, register_backbone
-from backbones._weights import download_error, load_checked, read_state_dict
+from backbones._timm_wrapper import create_timm_model
+from backbones._weights import load_checked, read_state_dict
 
 # The original stem (3x3 stride-2 conv, then 3x3 conv, neither padded) gives floor((H - 3) / 2) - 1
 # rows. Zero padding of 3 before it gives floor((H + 3) / 2) - 1 = ceil(H / 2), and is exactly timm's
@@ -69,18 +69,8 @@ class TimmIntermediatesBackbone(Backbone):
     ) -> None:
         super().__init__()
         self.name, self.in_chans, self.output_stride = name, in_chans, output_stride
-        from_hub = pretrained is True
-        try:
-            self.model = timm.create_model(timm_name, pretrained=from_hub, in_chans=in_chans, **(timm_kwargs or {}))
-        except (OSError, ConnectionError, RuntimeError) as err:
-            if not from_hub:
-                raise
-            cfg = timm.models.get_pretrained_cfg(timm_name)
-            if cfg is not None and cfg.hf_hub_id:
-                source = f"the Hugging Face Hub ({cfg.hf_hub_id}, via timm)"
-            else:
-                source = cfg.url if cfg is not None and cfg.url else f"timm '{timm_name}'"
-            raise download_error(architecture, source, err) from err
+        kwargs = dict(in_chans=in_chans, **(timm_kwargs or {}))
+        self.model = create_timm_model(timm_name, architecture=architecture, pretrained=pretrained, **kwargs)
         self.model.reset_classifier(0, "")  # a feature extractor has no classifier
         if pretrained not in (False, True, None):
             load_checked(
@@ -173,7 +163,9 @@ def _reject_expansion(name: str, feature_location: str) -> None:
         )
 
 
-@register_backbone("xception", paper="Chollet, Xception: Deep Learning with Depthwise Separable Convolutions, CVPR 2017")
+@register_backbone(
+    "xception", paper="Chollet, Xception: Deep Learning with Depthwise Separable Convolutions, CVPR 2017"
+)
 def xception(
     *,
     pretrained: Pretrained = False,

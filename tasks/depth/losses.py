@@ -50,8 +50,10 @@ class L1Loss(nn.Module):
 
 
 class BerHuLoss(nn.Module):
-    """Reverse Huber loss (Laina et al., "Deeper Depth Prediction with Fully Convolutional Residual
-    Networks", 3DV 2016): |d| below c, (d^2 + c^2) / 2c above, c = 0.2 * max |d| over the batch.
+    """Reverse Huber (berHu) loss over valid pixels.
+
+    Laina et al., "Deeper Depth Prediction with Fully Convolutional Residual Networks", 3DV 2016:
+    |d| below c, (d^2 + c^2) / 2c above, c = 0.2 * max |d| over the batch.
 
     Args:
         threshold: The fraction of the largest residual where the loss turns quadratic (paper: 0.2).
@@ -72,7 +74,7 @@ class BerHuLoss(nn.Module):
 
 
 class SILogLoss(nn.Module):
-    """Scale-invariant log loss, the BTS / AdaBins / NeWCRFs form:
+    """Scale-invariant log loss (SILog) over valid pixels, in the BTS / AdaBins / NeWCRFs form.
 
     `scale * sqrt(mean(g^2) - lam * mean(g)^2)`, g = log(pred) - log(target), over all valid pixels
     of the batch, with lam = 0.85 and scale = 10 (Lee et al., "From Big to Small", 2019). Eigen et al.

@@ -86,8 +86,12 @@ class DepthModule(LightningModule):
         return self.criterion(pred, depth, valid_mask(depth, 0.0, self.hparams.max_depth))
 
     def to_depth(self, pred: Tensor, depth: Tensor | None = None) -> Tensor:
-        """Metric depth from the output: as is, or (inverse output) aligned to the ground truth's inverse
-        depth by per-image least-squares scale and shift, then inverted (MiDaS's evaluation)."""
+        """Metric depth from the network output.
+
+        Metric outputs pass through. Inverse outputs are aligned to the ground truth's inverse depth by
+        per-image least-squares scale and shift, then inverted (MiDaS's evaluation); without ground
+        truth, 1 / output (relative depth).
+        """
         if self.hparams.output == "metric":
             return pred
         if depth is None:

@@ -115,16 +115,14 @@ class DetectionDataModule(pl.LightningDataModule):
             self.predict_set = ImageFolder(hp.predict_dir, hp.image_size)
 
     @property
-    def num_classes(self) -> int:
-        """Classes including the background, from whichever split is loaded."""
-        if not self.datasets:
-            raise RuntimeError("num_classes is known after setup()")
-        return next(iter(self.datasets.values())).num_classes
+    def num_classes(self) -> int | None:
+        """Classes including the background, from whichever split is loaded (None before setup / for a folder)."""
+        return next(iter(self.datasets.values())).num_classes if self.datasets else None
 
     @property
-    def class_names(self) -> list[str]:
-        """Class names, index 0 the background."""
-        return next(iter(self.datasets.values())).class_names
+    def class_names(self) -> list[str] | None:
+        """Class names, index 0 the background (None when no labelled split is loaded)."""
+        return next(iter(self.datasets.values())).class_names if self.datasets else None
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -2,8 +2,8 @@
 
 import pytest
 import segmentation_models_pytorch as smp
+import segmentation_models_pytorch.encoders as smp_encoders
 import torch
-from segmentation_models_pytorch.encoders import get_encoder, get_encoder_names
 
 import backbones
 from backbones._smp_encoder import LiteDenseEncoder, UnknownEncoderError
@@ -13,18 +13,25 @@ NAMES = backbones.list_backbones()
 
 
 def test_every_backbone_is_listed_by_smp():
-    assert {f"lw-{n}" for n in NAMES} <= set(get_encoder_names())
+    assert {f"lw-{n}" for n in NAMES} <= set(smp_encoders.get_encoder_names())
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_encoder_contract(name):
-    encoder = get_encoder(f"lw-{name}", in_channels=3, depth=5, weights=None, output_stride=16)
+    encoder = smp_encoders.get_encoder(f"lw-{name}", in_channels=3, depth=5, weights=None, output_stride=16)
     features = encoder(torch.randn(2, 3, 64, 64))
     assert len(features) == len(encoder.out_channels) == 6
     assert encoder.output_stride == 16
     assert [f.shape[1] for f in features] == encoder.out_channels
     # The input, then strides 2, 4, 8, 16 and the dilated 16.
     assert [f.shape[-1] for f in features] == [64, 32, 16, 8, 4, 4]
+
+
+def test_names_imported_before_backbones_still_work():
+    # `from smp.encoders import get_encoder` done before `import backbones` keeps smp's function: it builds
+    # our encoder from smp's table (no family options, no weights) rather than failing.
+    encoder = smp_encoders.get_encoder._litedense_original("lw-mobilenet_v2", depth=3, output_stride=16)
+    assert isinstance(encoder, LiteDenseEncoder) and encoder.output_stride == 8
 
 
 def _copy_timm_weights(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
@@ -37,8 +44,8 @@ def _copy_timm_weights(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
 @pytest.mark.parametrize("depth,output_stride", [(5, 16), (4, 8), (3, 32)])
 def test_lw_mobilenet_v2_matches_smp_timm_encoder(depth, output_stride):
     # Reference: smp's own timm encoder of the same network, given the same weights.
-    ours = get_encoder("lw-mobilenet_v2", depth=depth, output_stride=output_stride).eval()
-    theirs = get_encoder("tu-mobilenetv2_100", depth=depth, output_stride=output_stride).eval()
+    ours = smp_encoders.get_encoder("lw-mobilenet_v2", depth=depth, output_stride=output_stride).eval()
+    theirs = smp_encoders.get_encoder("tu-mobilenetv2_100", depth=depth, output_stride=output_stride).eval()
     _copy_timm_weights(ours, theirs)
     assert ours.out_channels == theirs.out_channels
     assert ours.output_stride == theirs.output_stride
@@ -119,7 +126,7 @@ def test_imagenet_weights_offline_fail_clearly(monkeypatch):
 
 def test_dict_path_dilates_and_adapts_channels():
     # smp's table path (EncoderClass(**params), set_in_channels, make_dilated) must also work.
-    original = get_encoder._litedense_original
+    original = smp_encoders.get_encoder._litedense_original
     encoder = original("lw-mobilenet_v2", in_channels=1, depth=5, weights=None, output_stride=8)
     features = encoder(torch.randn(1, 1, 64, 64))
     assert [f.shape[-1] for f in features] == [64, 32, 16, 8, 8, 8]
@@ -141,7 +148,7 @@ def test_unknown_names_suggest_close_ones(name, match):
 
 def test_unknown_names_keep_smps_error_type():
     with pytest.raises(KeyError):
-        get_encoder("lw-nonexistent_net")
+        smp_encoders.get_encoder("lw-nonexistent_net")
 
 
 @pytest.mark.parametrize(
