@@ -268,6 +268,8 @@ def check_timm_name(timm_name: str) -> None:
         ValueError: The name starts with `lw_` but no backbone has it.
     """
     base = timm_name.split(".", 1)[0]
+    if base.startswith(TIMM_PREFIX) and base[len(TIMM_PREFIX) :] in list_backbones():
+        register_timm_models()  # a backbone registered after `import backbones`
     if not base.startswith(TIMM_PREFIX) or timm.models.is_model(base):
         return
     known = [TIMM_PREFIX + n for n in list_backbones()]

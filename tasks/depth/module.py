@@ -36,9 +36,11 @@ class DepthModule(LightningModule):
         protocol: Evaluation protocol: "none", "nyu", "kitti_garg", "kitti_eigen".
         eval_max_depth: Cap of the evaluation; None = the protocol's.
         median_scaling: Median-scale each prediction before the metrics (relative models).
-        lr: Peak learning rate (AdamW, one-cycle schedule).
-        weight_decay: AdamW weight decay.
+        optimizer: "adamw" or "sgd" (momentum 0.9, as FastDepth trains).
+        lr: Peak learning rate (one-cycle schedule: warm-up, then cosine decay).
+        weight_decay: Weight decay.
         log_images: Samples in the TensorBoard panel (0 = none).
+        channels_last: Run in channels-last memory format (about twice as fast on CPU with oneDNN).
     """
 
     def __init__(
@@ -56,12 +58,16 @@ class DepthModule(LightningModule):
         protocol: str = "none",
         eval_max_depth: float | None = None,
         median_scaling: bool = False,
+        optimizer: str = "adamw",
         lr: float = 2e-3,
         weight_decay: float = 1e-4,
         log_images: int = 4,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"unknown optimizer '{optimizer}'; choose 'adamw' or 'sgd'")
         if (loss == "ssi") != (output == "inverse"):
             raise ValueError(
                 f"loss '{loss}' does not fit output '{output}': the scale-and-shift-invariant loss ('ssi') "
@@ -77,9 +83,13 @@ class DepthModule(LightningModule):
         cap = max_depth if eval_max_depth is None and protocol == "none" else eval_max_depth
         self.val_metrics = DepthMetrics(protocol, max_depth=cap, median_scaling=median_scaling)
         self.test_metrics = DepthMetrics(protocol, max_depth=cap, median_scaling=median_scaling)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, images: Tensor) -> Tensor:
         """(N, 3, H, W) normalized images -> (N, 1, H, W) depth (or inverse depth)."""
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.head(self.backbone(images), output_size=images.shape[-2:])
 
     def _loss(self, pred: Tensor, depth: Tensor) -> Tensor:
@@ -153,8 +163,12 @@ class DepthModule(LightningModule):
         return {"depth": self.to_depth(self(batch["image"])), "name": batch["name"]}
 
     def configure_optimizers(self) -> dict:
-        """AdamW with a one-cycle schedule over the whole run (warm-up, then cosine decay)."""
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        """AdamW or SGD with a one-cycle schedule over the whole run (warm-up, then cosine decay)."""
+        hp = self.hparams
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=self.hparams.lr, total_steps=max(1, int(self.trainer.estimated_stepping_batches))
         )

@@ -83,10 +83,10 @@ class SSDLiteModule(pl.LightningModule):
         nms_thresh: Per-class NMS IoU.
         topk_candidates: Candidates per class before NMS.
         detections_per_img: Detections kept per image.
-        optimizer: "sgd" or "adamw".
+        optimizer: "sgd", "adamw" or "rmsprop" (TF's settings of the paper: decay 0.9, momentum, epsilon 1).
         lr: Peak learning rate.
         weight_decay: Weight decay.
-        momentum: SGD momentum.
+        momentum: SGD / RMSProp momentum.
         warmup_epochs: Linear warm-up length (fractions allowed), then cosine decay to 0.
         eval_backend: "pycocotools" or "faster_coco_eval" (same numbers).
         log_images: Validation images drawn with their predictions to TensorBoard (0 = none).
@@ -123,8 +123,8 @@ class SSDLiteModule(pl.LightningModule):
         log_images: int = 4,
     ) -> None:
         super().__init__()
-        if optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+        if optimizer not in ("sgd", "adamw", "rmsprop"):
+            raise ValueError(f"optimizer must be 'sgd', 'adamw' or 'rmsprop', got {optimizer!r}")
         if classification_loss not in ("hard_negative", "focal"):
             raise ValueError(f"classification_loss must be 'hard_negative' or 'focal', got {classification_loss!r}")
         self.save_hyperparameters()
@@ -299,7 +299,7 @@ class SSDLiteModule(pl.LightningModule):
         return callbacks
 
     def configure_optimizers(self):
-        """SGD or AdamW (no weight decay on norms and biases), linear warm-up then cosine decay per step."""
+        """SGD, AdamW or RMSProp (no weight decay on norms and biases), linear warm-up then cosine decay per step."""
         hp = self.hparams
         decay, no_decay = [], []
         for param in self.parameters():
@@ -308,6 +308,8 @@ class SSDLiteModule(pl.LightningModule):
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
+        elif hp.optimizer == "rmsprop":
+            optimizer = torch.optim.RMSprop(groups, lr=hp.lr, alpha=0.9, eps=1.0, momentum=hp.momentum)
         else:
             optimizer = torch.optim.AdamW(groups, lr=hp.lr)
         total = max(1, int(self.trainer.estimated_stepping_batches))

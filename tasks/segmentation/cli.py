@@ -32,7 +32,7 @@ def trainer_defaults() -> dict:
                 auto_insert_metric_name=False,
             ),
             LearningRateMonitor(logging_interval="step"),
-            PaletteMaskWriter(output_dir="predictions/segmentation"),
+            PaletteMaskWriter(),  # into data.predict_output_dir
         ],
     }
 

@@ -72,6 +72,7 @@ class SegmentationDataModule(LightningDataModule):
         val_split: Split name for validation.
         test_split: Split name for testing.
         predict_dir: Folder of images for `predict`.
+        predict_output_dir: Where `predict` writes one palette PNG mask per image.
         use_sbd: For VOC: train on SBD's train_aug list when it is present.
         synthetic_size: Side of synthetic images.
         synthetic_train: Number of synthetic training images.
@@ -96,6 +97,7 @@ class SegmentationDataModule(LightningDataModule):
         val_split: str = "val",
         test_split: str = "val",
         predict_dir: str | None = None,
+        predict_output_dir: str = "predictions/segmentation",
         use_sbd: bool = True,
         synthetic_size: int = 128,
         synthetic_train: int = 96,

@@ -21,12 +21,19 @@ class PaletteMaskWriter(BasePredictionWriter):
     Each file is written to a temporary name and renamed, so an interrupted run leaves no half-written mask.
 
     Args:
-        output_dir: Folder for the masks (created if needed).
+        output_dir: Folder for the masks (created if needed); None uses the data module's
+            `predict_output_dir` (so `--data.predict_output_dir masks/` works from the command line).
     """
 
-    def __init__(self, output_dir: str = "predictions") -> None:
+    def __init__(self, output_dir: str | None = None) -> None:
         super().__init__(write_interval="batch")
-        self.output_dir = Path(output_dir)
+        self.output_dir = None if output_dir is None else Path(output_dir)
+
+    def _folder(self, trainer: Trainer) -> Path:
+        if self.output_dir is not None:
+            return self.output_dir
+        datamodule = getattr(trainer, "datamodule", None)
+        return Path(getattr(getattr(datamodule, "hparams", None), "predict_output_dir", None) or "predictions")
 
     def write_on_batch_end(
         self,
@@ -39,13 +46,14 @@ class PaletteMaskWriter(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         """Save the batch's masks."""
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        folder = self._folder(trainer)
+        folder.mkdir(parents=True, exist_ok=True)
         colours = palette(pl_module.hparams.num_classes)[:256].flatten().tolist()
         for path, mask in prediction:
             image = Image.fromarray(mask.numpy(), mode="P")
             image.putpalette(colours)
-            target = self.output_dir / f"{Path(path).stem}.png"
-            fd, tmp = tempfile.mkstemp(suffix=".png", dir=self.output_dir)
+            target = folder / f"{Path(path).stem}.png"
+            fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
             os.close(fd)
             try:
                 image.save(tmp, format="PNG")

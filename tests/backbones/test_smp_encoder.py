@@ -67,7 +67,6 @@ def test_representative_architectures_forward_backward(arch):
         ("mobilenet_v2", "DeepLabV3", dict(depth=3, output_stride=8, in_channels=1)),
         ("mobilenet_v2", "DeepLabV3Plus", dict(depth=4, output_stride=8, in_channels=4)),
         ("mobilenet_v2", "FPN", dict(depth=4)),
-        ("mobilenet_v2", "Unet", dict(depth=3, in_channels=4)),
     ],
 )
 def test_depth_stride_and_channels_subset(backbone, arch, setting):

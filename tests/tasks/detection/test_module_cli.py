@@ -95,3 +95,19 @@ def test_cli_predict_writes_images_and_json(tmp_path):
     out = json.loads((tmp_path / "predictions" / "predictions.json").read_text())
     assert len(out) == 2 and all(len(o["boxes"]) == len(o["scores"]) for o in out)
     assert (tmp_path / "predictions" / "p0.jpg").is_file()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "coco_ssdlite_mobilenet_v2",
+        "coco_ssdlite_mobilenet_v3_large",
+        "voc_ssdlite_mobilenet_v2",
+        "voc_bccd_ssdlite_mobilenet_v2",
+    ],
+)
+def test_configs_parse(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", f"configs/detection/{config}.yaml", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "backbone:" in capsys.readouterr().out

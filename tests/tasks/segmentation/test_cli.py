@@ -66,8 +66,7 @@ def test_predict_writes_palette_pngs_at_image_size(tmp_path, monkeypatch):
             "--data.predict_dir", str(images),
             "--data.eval_batch_size", "2",
             "--model.num_classes", "4",
-            "--trainer.callbacks+=tasks.segmentation.writer.PaletteMaskWriter",
-            f"--trainer.callbacks.output_dir={out}",
+            "--data.predict_output_dir", str(out),
         ]
     )  # fmt: skip
     written = {p.name: Image.open(p) for p in out.glob("*.png")}

@@ -56,11 +56,7 @@ def test_head_is_sized_from_the_data_at_setup():
     model = SegmentationModel()
     model._trainer = Trainer()
     model.setup("fit")
-    assert (
-        model.hparams.num_classes == 11 and model.head.low_classifier is None
-        if False
-        else model.hparams.num_classes == 11
-    )
+    assert model.hparams.num_classes == 11 and model.head.classifier.out_channels == 11
     wrong = SegmentationModel(num_classes=21)
     wrong._trainer = Trainer()
     with pytest.raises(ValueError, match="predicts 21 classes but the dataset has 11"):
