@@ -117,6 +117,11 @@ class DepthDataModule(LightningDataModule):
             if train:
                 start, stop = hp.train_range
             elif hp.val_range is None:
+                if hp.train_range[1] is None:
+                    raise ValueError(
+                        f"rgbd_folder {hp.root}: the training range takes every frame, so none is left to "
+                        f"validate; set --data.train_range [0, N] or --data.val_range [start, stop]"
+                    )
                 start, stop = hp.train_range[1], None
             else:
                 start, stop = hp.val_range

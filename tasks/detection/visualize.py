@@ -35,6 +35,8 @@ def draw_detections(
         std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
         image = ((image * std + mean).clamp(0, 1) * 255).to(torch.uint8)
     keep = detections["scores"] > min_score
+    if not keep.any():  # nothing to draw (draw_bounding_boxes would warn)
+        return image
     labels = [
         f"{class_names[int(label)] if class_names else int(label)} {float(score):.2f}"
         for label, score in zip(detections["labels"][keep], detections["scores"][keep])
@@ -68,7 +70,7 @@ class DetectionWriter(BasePredictionWriter):
                     dataset = datamodule.datasets["test"]
                     path = next(r.path for r in dataset.records if r.image_id == det["image_id"])
                 name = Path(path).stem if path else f"image_{det['image_id']}"
-                image = torch.from_numpy(read_rgb(path)).permute(2, 0, 1) if path else None
+                image = torch.from_numpy(read_rgb(path).copy()).permute(2, 0, 1) if path else None
                 if image is not None:
                     write_jpeg(draw_detections(image, det, names, self.min_score), str(out_dir / f"{name}.jpg"))
                 records.append({

@@ -137,5 +137,7 @@ def test_datamodule_folder_ranges(tmp_path):
     assert len(dm.train_set) == 3 and len(dm.val_set) == 2
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (2, 3, 16, 16) and batch["depth"].shape == (2, 1, 16, 16)
+    with pytest.raises(ValueError, match="none is left to validate"):
+        DepthDataModule("rgbd_folder", root=str(tmp_path)).setup("fit")
     with pytest.raises(ValueError, match="needs --data.root"):
         DepthDataModule("kitti")
