@@ -42,7 +42,8 @@ class DetectionDataModule(pl.LightningDataModule):
         train_split: Split used by `fit` (COCO: train2017; VOC: train or trainval).
         val_split: Split validated during `fit` and by `validate`.
         test_split: Split of `test`.
-        image_size: Square input side (320 for SSDLite).
+        image_size: Square input side; None for 320 (SSDLite's size) on real data and 192 on the
+            synthetic set, so the default `fit` takes minutes on a CPU.
         batch_size: Images per batch.
         num_workers: Loader processes.
         augment: SSD augmentation on the training split.
@@ -61,7 +62,7 @@ class DetectionDataModule(pl.LightningDataModule):
         train_split: str = "train",
         val_split: str = "val",
         test_split: str = "test",
-        image_size: int = 320,
+        image_size: int | None = None,
         batch_size: int = 16,
         num_workers: int = 0,
         augment: bool = True,
@@ -78,16 +79,17 @@ class DetectionDataModule(pl.LightningDataModule):
         if dataset != "synthetic" and root is None:
             raise ValueError(f"dataset '{dataset}' needs --data.root (the dataset folder)")
         self.save_hyperparameters()
+        self.image_size = image_size or (192 if dataset == "synthetic" else 320)
         self.datasets: dict[str, DetectionDataset] = {}
         self.predict_set: Dataset | None = None
 
     def _build(self, split: str, train: bool) -> DetectionDataset:
         hp = self.hparams
-        transform = train_transform(hp.image_size, hp.augment) if train else eval_transform(hp.image_size)
+        transform = train_transform(self.image_size, hp.augment) if train else eval_transform(self.image_size)
         if hp.dataset == "synthetic":
             size = hp.synthetic_train_size if train else hp.synthetic_val_size
             seed = {"train": 0, "val": 1, "test": 2}.get(split, 3)
-            return SyntheticShapes(size, image_size=hp.image_size, seed=seed, transform=transform)
+            return SyntheticShapes(size, image_size=self.image_size, seed=seed, transform=transform)
         root = Path(hp.root)
         if hp.dataset == "coco":
             return CocoDetection(
@@ -112,7 +114,7 @@ class DetectionDataModule(pl.LightningDataModule):
             if key not in self.datasets:
                 self.datasets[key] = self._build(split, train)
         if stage == "predict" and hp.predict_dir:
-            self.predict_set = ImageFolder(hp.predict_dir, hp.image_size)
+            self.predict_set = ImageFolder(hp.predict_dir, self.image_size)
 
     @property
     def num_classes(self) -> int | None:
