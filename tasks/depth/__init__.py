@@ -12,7 +12,7 @@ def trainer_defaults() -> dict:
     Callbacks given here are always present (Lightning adds them to whatever a config lists).
     """
     from jsonargparse import lazy_instance
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from tasks.depth.writer import DepthPredictionWriter
@@ -30,7 +30,6 @@ def trainer_defaults() -> dict:
                 filename="best-epoch{epoch:02d}-absrel{val/abs_rel:.4f}",
                 auto_insert_metric_name=False,
             ),
-            TQDMProgressBar(),
             DepthPredictionWriter(output_dir="predictions/depth"),
         ],
     }

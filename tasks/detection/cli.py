@@ -11,8 +11,9 @@ from tasks.common.cli import run_cli
 from tasks.detection.datamodule import DetectionDataModule
 from tasks.detection.module import SSDLiteModule
 
-# Short CPU-friendly schedule: the synthetic set learns visibly in a few minutes.
-TRAINER_DEFAULTS = {"max_epochs": 6, "log_every_n_steps": 5}
+# Short CPU-friendly schedule: on the synthetic set (640 images, batch 8: 80 steps an epoch) val AP50 passes
+# 0.8 by the second epoch, in about 5 minutes in all on one thread (docs/detection.md).
+TRAINER_DEFAULTS = {"max_epochs": 5, "log_every_n_steps": 10}
 
 
 def main(args: list[str] | None = None):

@@ -46,7 +46,9 @@ class DetectionDataModule(pl.LightningDataModule):
             synthetic set, so the default `fit` takes minutes on a CPU.
         batch_size: Images per batch.
         num_workers: Loader processes.
-        augment: SSD augmentation on the training split.
+        augment: Training augmentation: "ssd" (SSD's photometric distortion, zoom-out, IoU-constrained
+            crop, flip; also true), "flip" or "none" (also false); None for "ssd" on real data and "flip" on the synthetic set
+            (its objects already vary in size and place, and zoom-out would make them tiny at 192 px).
         classes: VOC class names (None: found in the annotations).
         contiguous_labels: COCO labels 1..K (True) or the category ids themselves (False: 91 outputs).
         skip_corrupt: Skip undecodable images with a warning instead of failing.
@@ -63,13 +65,13 @@ class DetectionDataModule(pl.LightningDataModule):
         val_split: str = "val",
         test_split: str = "test",
         image_size: int | None = None,
-        batch_size: int = 16,
+        batch_size: int = 8,
         num_workers: int = 0,
-        augment: bool = True,
+        augment: bool | str | None = None,
         classes: list[str] | None = None,
         contiguous_labels: bool = True,
         skip_corrupt: bool = False,
-        synthetic_train_size: int = 320,
+        synthetic_train_size: int = 640,
         synthetic_val_size: int = 64,
         predict_dir: str | None = None,
     ) -> None:
@@ -80,12 +82,14 @@ class DetectionDataModule(pl.LightningDataModule):
             raise ValueError(f"dataset '{dataset}' needs --data.root (the dataset folder)")
         self.save_hyperparameters()
         self.image_size = image_size or (192 if dataset == "synthetic" else 320)
+        self.augment = augment if augment is not None else ("flip" if dataset == "synthetic" else "ssd")
+        train_transform(self.image_size, self.augment)  # a bad value fails here, not in setup()
         self.datasets: dict[str, DetectionDataset] = {}
         self.predict_set: Dataset | None = None
 
     def _build(self, split: str, train: bool) -> DetectionDataset:
         hp = self.hparams
-        transform = train_transform(self.image_size, hp.augment) if train else eval_transform(self.image_size)
+        transform = train_transform(self.image_size, self.augment) if train else eval_transform(self.image_size)
         if hp.dataset == "synthetic":
             size = hp.synthetic_train_size if train else hp.synthetic_val_size
             seed = {"train": 0, "val": 1, "test": 2}.get(split, 3)

@@ -118,7 +118,7 @@ class SSDLiteModule(pl.LightningModule):
         lr: float = 2e-3,
         weight_decay: float = 4e-5,
         momentum: float = 0.9,
-        warmup_epochs: float = 1.0,
+        warmup_epochs: float = 0.3,
         eval_backend: str = "pycocotools",
         log_images: int = 4,
     ) -> None:

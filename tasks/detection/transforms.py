@@ -97,18 +97,26 @@ def _bbox_params(min_visibility: float = 0.0) -> A.BboxParams:
     )  # fmt: skip
 
 
-def train_transform(image_size: int = 320, augment: bool = True) -> A.Compose:
-    """The SSD training pipeline, ending in a normalised (3, S, S) tensor.
+AUGMENTATIONS = ("ssd", "flip", "none")
+
+
+def train_transform(image_size: int = 320, augment: bool | str = True) -> A.Compose:
+    """The training pipeline, ending in a normalised (3, S, S) tensor.
 
     Args:
         image_size: Output side (320 for SSDLite).
-        augment: False for resize + normalise only.
+        augment: "ssd" (or True): SSD's photometric distortion, zoom-out, IoU-constrained crop and flip;
+            "flip": horizontal flip only (the synthetic set, whose objects already vary in size and
+            place); "none" (or False): resize + normalise only.
 
     Returns:
         An albumentations Compose taking `image`, `bboxes` (pascal_voc pixels) and `labels`.
     """
+    level = ("ssd" if augment else "none") if isinstance(augment, bool) else augment
+    if level not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {AUGMENTATIONS} (or true / false), got {augment!r}")
     steps: list = []
-    if augment:
+    if level == "ssd":
         steps += [
             # SSD's photometric distortion: brightness +-32/255, contrast and saturation 0.5-1.5, hue +-18 deg.
             A.ColorJitter(
@@ -116,11 +124,12 @@ def train_transform(image_size: int = 320, augment: bool = True) -> A.Compose:
             ),
             ZoomOut(max_ratio=4.0, p=0.5),
             MinIoURandomCrop(),
-            A.HorizontalFlip(p=0.5),
         ]
+    if level in ("ssd", "flip"):
+        steps.append(A.HorizontalFlip(p=0.5))
     steps += [A.Resize(image_size, image_size), A.Normalize(IMAGENET_MEAN, IMAGENET_STD), ToTensorV2()]
     # A box must keep 30% of its area through the crop to stay a target.
-    return A.Compose(steps, bbox_params=_bbox_params(min_visibility=0.3 if augment else 0.0))
+    return A.Compose(steps, bbox_params=_bbox_params(min_visibility=0.3 if level == "ssd" else 0.0))
 
 
 def eval_transform(image_size: int = 320) -> A.Compose:

@@ -311,3 +311,92 @@ def test_pretrained_offline_names_the_source(location):
     # tests/conftest.py sets HF_HUB_OFFLINE=1, so this fails at once without the weights in the cache.
     with pytest.raises(RuntimeError, match=r"timm/mobilenetv2_100\.ra_in1k.*pretrained='/path/to/weights"):
         create_backbone("mobilenet_v2", pretrained=True, feature_location=location)
+
+
+# MobileNetV3 with the detection paper's reduced tail (section 6.1.1): torchvision's `reduced_tail=True`.
+REDUCED_TAIL = [("mobilenet_v3_large", (64, 72, 240, 672, 480)), ("mobilenet_v3_small", (16, 72, 96, 288, 288))]
+
+
+def _copy_torchvision_features(ours: nn.Module, tv_features: nn.Module) -> None:
+    """Copy torchvision's `features` into our timm-layout model tensor by tensor (same blocks, same order)."""
+    tv_tensors = list(tv_features.state_dict().values())
+    ours_state = ours.model.state_dict()
+    assert len(tv_tensors) == len(ours_state)
+    for (key, value), tv_value in zip(ours_state.items(), tv_tensors):
+        assert value.shape == tv_value.shape, key
+        value.copy_(tv_value)
+    for module in ours.modules():  # torchvision's MobileNetV3 uses TF's BN epsilon, timm 1e-5
+        if isinstance(module, nn.BatchNorm2d):
+            module.eps = 1e-3
+
+
+@pytest.mark.parametrize(("name", "channels"), REDUCED_TAIL, ids=[n for n, _ in REDUCED_TAIL])
+@pytest.mark.parametrize("location", ["stage", "expansion"])
+def test_reduced_tail_has_torchvisions_parameters(name, channels, location):
+    import torchvision.models as tvm
+
+    tv = getattr(tvm, name)(reduced_tail=True)
+    ours = create_backbone(name, reduced_tail=True, feature_location=location)
+    assert count_params(ours) == count_params(tv.features)
+    assert ours.feature_info.channels[-1] == tv.features[-1].out_channels == channels[-1]
+    if location == "expansion":
+        assert ours.feature_info.channels == channels
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_large", "mobilenet_v3_small"])
+def test_reduced_tail_builder_reproduces_timm_without_reduction(name):
+    """Our copy of timm's architecture definition builds timm's own network when the tail is kept."""
+    from backbones.mobilenet_v3 import create_mobilenet_v3
+
+    timm_name = name.replace("mobilenet_v3_", "mobilenetv3_") + "_100"
+    ref, ours = timm.create_model(timm_name), create_mobilenet_v3(timm_name)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    assert str(ours) == str(ref)
+
+
+@pytest.mark.parametrize("output_stride", [32, 16, 8])
+@torch.no_grad()
+def test_reduced_tail_taps_equal_torchvision_ssdlite(output_stride):
+    """With torchvision's reduced-tail weights, our expansion taps equal its SSDLite extractor's C4 and C5."""
+    from torchvision.models import mobilenet_v3_large
+    from torchvision.models.detection.ssdlite import _mobilenet_extractor
+
+    torch.manual_seed(0)
+    tv = _randomize_bn(mobilenet_v3_large(reduced_tail=True))
+    ours = create_backbone(
+        "mobilenet_v3_large", reduced_tail=True, feature_location="expansion", output_stride=output_stride
+    ).eval()
+    _copy_torchvision_features(ours, tv.features)
+    assert ours.feature_info.strides == tuple(min(s, output_stride) for s in (2, 4, 8, 16, 32))
+    x = torch.randn(2, 3, 67, 93)  # odd sizes: ceil(H / stride) rows
+    features = ours(x)
+    assert [tuple(f.shape[-2:]) for f in features] == [(-(-67 // s), -(-93 // s)) for s in ours.feature_info.strides]
+    if output_stride == 32:  # torchvision's extractor has no dilation
+        extractor = _mobilenet_extractor(tv, trainable_layers=6, norm_layer=nn.BatchNorm2d).eval()
+        reference = list(extractor(x).values())
+        assert (reference[0].shape[1], reference[1].shape[1]) == (672, 480)
+        _assert_same(features[3:], reference[:2])
+
+
+def test_reduced_tail_out_indices_in_chans_and_weights(tmp_path):
+    backbone = create_backbone(
+        "mobilenet_v3_large", reduced_tail=True, feature_location="expansion", out_indices=(3, 4), in_chans=1
+    )
+    assert backbone.feature_info.channels == (672, 480)
+    assert [f.shape[1] for f in backbone(torch.randn(1, 1, 64, 64))] == [672, 480]
+    with pytest.raises(ValueError, match=r"no ImageNet weights .*reduced_tail=True.*full tail only"):
+        create_backbone("mobilenet_v3_large", reduced_tail=True, pretrained=True)
+    # A local file in timm's layout loads, checked (both feature locations).
+    source = create_backbone("mobilenet_v3_large", reduced_tail=True, feature_location="stage")
+    _randomize_bn(source.model)
+    path = tmp_path / "rt.pth"
+    torch.save(source.model.state_dict(), path)
+    x = torch.randn(1, 3, 64, 64)
+    loaded = create_backbone("mobilenet_v3_large", reduced_tail=True, pretrained=path).eval()
+    _assert_same(loaded(x), source.eval()(x))
+    expansion = create_backbone("mobilenet_v3_large", reduced_tail=True, pretrained=path, feature_location="expansion")
+    torch.testing.assert_close(expansion.eval()(x)[-1], source(x)[-1])
+    with pytest.raises(WeightsMismatchError):  # a full-tail checkpoint does not fit
+        full = tmp_path / "full.pth"
+        torch.save(timm.create_model("mobilenetv3_large_100").state_dict(), full)
+        create_backbone("mobilenet_v3_large", reduced_tail=True, pretrained=full)
