@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from jsonargparse import lazy_instance
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 
 
 class LiteDenseCLI(LightningCLI):
@@ -36,23 +38,32 @@ def run_cli(
     datamodule_class: type[LightningDataModule],
     trainer_defaults: dict[str, Any] | None = None,
     args: list[str] | None = None,
+    *,
+    task: str,
 ) -> LiteDenseCLI:
     """Run a task's command line.
+
+    Every task logs to TensorBoard under `runs/<task>/version_N/` (checkpoints in its `checkpoints/`)
+    unless the command line or a config names another logger.
 
     Args:
         model_class: The task's LightningModule.
         datamodule_class: The task's LightningDataModule.
-        trainer_defaults: The task's default schedule (max_epochs, callbacks, logger); any of it can
-            be overridden from the command line or a config.
+        trainer_defaults: The task's default schedule (max_epochs, callbacks); any of it can be
+            overridden from the command line or a config. Callbacks given here are always added (a
+            config's callbacks come on top).
         args: Arguments instead of sys.argv (tests).
+        task: The task's name, e.g. "depth": the log folder.
 
     Returns:
         The CLI after it ran.
     """
+    defaults = dict(trainer_defaults or {})
+    defaults.setdefault("logger", lazy_instance(TensorBoardLogger, save_dir="runs", name=task))
     return LiteDenseCLI(
         model_class,
         datamodule_class,
-        trainer_defaults=trainer_defaults or {},
+        trainer_defaults=defaults,
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
         args=args,

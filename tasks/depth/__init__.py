@@ -11,16 +11,13 @@ def trainer_defaults() -> dict:
 
     Callbacks given here are always present (Lightning adds them to whatever a config lists).
     """
-    from jsonargparse import lazy_instance
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     from tasks.depth.writer import DepthPredictionWriter
 
     return {
         "max_epochs": 6,
         "log_every_n_steps": 10,
-        "logger": lazy_instance(TensorBoardLogger, save_dir="runs", name="depth"),
         "callbacks": [
             ModelCheckpoint(
                 monitor="val/abs_rel",
@@ -39,4 +36,4 @@ def main(args: list[str] | None = None):
     """Run the depth CLI (arguments from sys.argv unless given)."""
     from tasks.common.cli import run_cli
 
-    return run_cli(DepthModule, DepthDataModule, trainer_defaults=trainer_defaults(), args=args)
+    return run_cli(DepthModule, DepthDataModule, trainer_defaults=trainer_defaults(), args=args, task="depth")

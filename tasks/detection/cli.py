@@ -18,4 +18,6 @@ TRAINER_DEFAULTS = {"max_epochs": 5, "log_every_n_steps": 10}
 
 def main(args: list[str] | None = None):
     """Run `python -m tasks.detection ...`."""
-    return run_cli(SSDLiteModule, DetectionDataModule, trainer_defaults=dict(TRAINER_DEFAULTS), args=args)
+    return run_cli(
+        SSDLiteModule, DetectionDataModule, trainer_defaults=dict(TRAINER_DEFAULTS), args=args, task="detection"
+    )

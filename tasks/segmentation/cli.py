@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from jsonargparse import lazy_instance
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from tasks.common.cli import LiteDenseCLI, run_cli
 from tasks.segmentation.datamodule import SegmentationDataModule
@@ -21,7 +19,6 @@ def trainer_defaults() -> dict:
     return {
         "max_epochs": 8,
         "log_every_n_steps": 5,
-        "logger": lazy_instance(TensorBoardLogger, save_dir="lightning_logs", name="segmentation"),
         "callbacks": [
             ModelCheckpoint(
                 monitor="val/mIoU",
@@ -46,4 +43,6 @@ def main(args: list[str] | None = None) -> LiteDenseCLI:
     Returns:
         The CLI after it ran.
     """
-    return run_cli(SegmentationModel, SegmentationDataModule, trainer_defaults=trainer_defaults(), args=args)
+    return run_cli(
+        SegmentationModel, SegmentationDataModule, trainer_defaults=trainer_defaults(), args=args, task="segmentation"
+    )
