@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 import backbones  # noqa: F401  (registers the lw- smp encoders and lw_ timm models)
+from backbones._readme import replace_generated_block
 from backbones._registry import list_backbones
 
 DEPTHS = (3, 4, 5)
@@ -259,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backbones", nargs="+", default=None, help="backbone names (default: all registered)")
     parser.add_argument("--archs", nargs="+", default=None, choices=ARCHITECTURE_NAMES, help="smp architectures")
     parser.add_argument("--quick", action="store_true", help="only the default configuration per cell")
+    parser.add_argument("--readme", default=None, help="also write the table into this README's compat-table block")
     args = parser.parse_args(argv)
     names = args.backbones or list_backbones()
     unknown = [n for n in names if n not in list_backbones()]
@@ -267,7 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     archs = [get_architecture(a) for a in args.archs] if args.archs else list(ARCHITECTURES)
     torch.manual_seed(0)
     results = run_matrix(names, archs, full=not args.quick)
-    print(to_markdown(results, archs, full=not args.quick))
+    table = to_markdown(results, archs, full=not args.quick)
+    print(table)
+    if args.readme:
+        replace_generated_block(args.readme, "compat-table", table)
     return 0 if all(v == "ok" for v in results.values()) else 1
 
 
