@@ -1,7 +1,8 @@
 """Latency of our SSDLite on mobilenet_v3_large (torchvision's configuration) vs torchvision's SSDLite320.
 
 Both are the same architecture: MobileNetV3-Large with the reduced tail, C4 expansion + last-layer taps,
-the same extras, predictors and 6 default boxes per location (3.44M parameters).
+the same extras, predictors and 6 default boxes per location (3.44M parameters), here with the same
+weights (`tasks.detection.torchvision_weights`).
 
 Same input, same threads, one process: eval forward + post-processing at batch 1 and 8, and one
 training step (forward, loss, backward, SGD step) at batch 8. Median of `--repeats` runs after warm-up.
@@ -22,6 +23,7 @@ from backbones.complexity import count_params
 from heads.ssdlite import postprocess
 from tasks.detection.losses import ssd_loss
 from tasks.detection.module import SSDLiteModule
+from tasks.detection.torchvision_weights import load_torchvision_ssdlite
 
 SIZE = 320
 
@@ -70,6 +72,9 @@ def main() -> None:
         detections_per_img=300,
     )
     theirs = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)  # the published configuration
+    # Identical weights: both predict the same offsets and scores for every default box, so their
+    # post-processing does the same work (random weights of each would give NMS different workloads).
+    load_torchvision_ssdlite(ours, theirs.state_dict())
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
