@@ -5,7 +5,8 @@ the same extras, predictors and 6 default boxes per location (3.44M parameters),
 weights (`tasks.detection.torchvision_weights`).
 
 Same input, same threads, one process: eval forward + post-processing at batch 1 and 8, and one
-training step (forward, loss, backward, SGD step) at batch 8. Median of `--repeats` runs after warm-up.
+training step (forward, loss, backward, SGD step) at batch 8. Median of `--repeats` runs after warm-up,
+ours and torchvision's timed alternately.
 
     python benchmarks/detection_latency.py [--threads 2] [--repeats 5]
 """
@@ -28,14 +29,16 @@ from tasks.detection.torchvision_weights import load_torchvision_ssdlite
 SIZE = 320
 
 
-def _median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up (allocations, default-box cache)
-    times = []
+def _paired_median_ms(ours, theirs, repeats: int) -> tuple[float, float]:
+    """Median ms of each, timed alternately so that load from other processes hits both alike."""
+    ours(), theirs()  # warm-up (allocations, default-box cache)
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+        for fn, out in zip((ours, theirs), times):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times[0]), 1000 * statistics.median(times[1])
 
 
 def _targets(batch: int) -> list[dict]:
@@ -105,8 +108,7 @@ def main() -> None:
         rows.append(
             (
                 f"eval forward + post-processing, batch {batch}",
-                _median_ms(lambda x=x: ours_eval(x), args.repeats),
-                _median_ms(lambda x=x: theirs_eval(x), args.repeats),
+                *_paired_median_ms(lambda x=x: ours_eval(x), lambda x=x: theirs_eval(x), args.repeats),
             )
         )
 
@@ -129,7 +131,7 @@ def main() -> None:
 
     ours.train()
     theirs.train()
-    rows.append(("training step, batch 8", _median_ms(ours_step, args.repeats), _median_ms(theirs_step, args.repeats)))
+    rows.append(("training step, batch 8", *_paired_median_ms(ours_step, theirs_step, args.repeats)))
 
     print(f"threads={args.threads} input={SIZE}x{SIZE} repeats={args.repeats} (median ms)")
     print(f"parameters: ours {count_params(ours) / 1e6:.2f}M, torchvision {count_params(theirs) / 1e6:.2f}M")

@@ -2,7 +2,7 @@
 
 The default callbacks (best checkpoint by val/mAP, learning-rate monitor, the `predict` writer) come
 from `SSDLiteModule.configure_callbacks`, since LightningCLI does not instantiate callbacks given
-as `trainer_defaults`; Lightning's default logger is TensorBoard.
+as `trainer_defaults`; the shared CLI logs to TensorBoard under `runs/detection/`.
 """
 
 from __future__ import annotations
