@@ -67,6 +67,7 @@ def build_timm_backbone(
     in_chans: int,
     create_fn: Callable[..., nn.Module] | None = None,
     has_expansions: bool = True,
+    mobilenetv3: bool | None = None,
 ) -> Backbone:
     """Build a timm-wrapped net at either feature location.
 
@@ -82,6 +83,8 @@ def build_timm_backbone(
         create_fn: Builds a width timm does not register (then no hub weights exist); called like
             `timm.create_model` without the name.
         has_expansions: False for nets of depthwise-separable blocks only (MobileNetV1, PP-LCNet).
+        mobilenetv3: Whether `create_fn` builds a timm MobileNetV3 (None: inferred from `timm_name`, and
+            False when `create_fn` is given).
 
     Returns:
         The backbone.
@@ -106,7 +109,7 @@ def build_timm_backbone(
         create_fn=create_fn,
     )
     if feature_location == "expansion":
-        return ExpansionTimmBackbone(**common)
+        return ExpansionTimmBackbone(**common, mobilenetv3=mobilenetv3)
     return TimmBackbone(**common)
 
 
@@ -178,6 +181,8 @@ class ExpansionTimmBackbone(Backbone):
         in_chans: Input channels.
         pretrained_available: Whether hub weights exist for this variant.
         create_fn: Builds the timm model instead of `timm.create_model(timm_name, ...)`.
+        mobilenetv3: Whether the model is a timm MobileNetV3 (None: inferred from `timm_name`, and False
+            when `create_fn` is given).
     """
 
     def __init__(
@@ -192,12 +197,15 @@ class ExpansionTimmBackbone(Backbone):
         in_chans: int,
         pretrained_available: bool = True,
         create_fn: Callable[..., nn.Module] | None = None,
+        mobilenetv3: bool | None = None,
     ) -> None:
         super().__init__()
         self.name, self.in_chans, self.output_stride = name, in_chans, output_stride
         # timm's MobileNetV3 classifier cannot dilate and its conv_head follows the pooling (we drop it), so
         # it is built as timm's features model; EfficientNet-style nets keep their classifier's conv_head.
-        is_mnv3 = create_fn is None and timm.models.model_entrypoint(timm_name).__module__.endswith("mobilenetv3")
+        is_mnv3 = mobilenetv3
+        if is_mnv3 is None:
+            is_mnv3 = create_fn is None and timm.models.model_entrypoint(timm_name).__module__.endswith("mobilenetv3")
         kwargs = dict(output_stride=output_stride, in_chans=in_chans)
         if is_mnv3:
             kwargs["features_only"] = True

@@ -17,15 +17,12 @@ from functools import partial
 
 from timm.models._efficientnet_blocks import SqueezeExcite
 from timm.models._efficientnet_builder import decode_arch_def, resolve_act_layer, resolve_bn_args, round_channels
-from timm.models.mobilenetv3 import MobileNetV3Features, _create_mnv3
+from timm.models.mobilenetv3 import _create_mnv3
 from torch import nn
 
-from backbones._base import Backbone, resolve_out_indices
-from backbones._expansion import ExpansionTimmBackbone, _check_tap_block, _prune, build_timm_backbone, resolve_width
-from backbones._features import FeatureInfo
+from backbones._base import Backbone
+from backbones._expansion import build_timm_backbone, resolve_width
 from backbones._registry import Pretrained, register_backbone
-from backbones._timm_wrapper import create_timm_model
-from backbones._weights import load_checked, read_state_dict
 
 _PAPER = "Howard et al., Searching for MobileNetV3, ICCV 2019"
 # width_mult -> timm name. timm's hub has ImageNet weights for large 1.0, small 0.75 and small 1.0.
@@ -109,75 +106,6 @@ def create_mobilenet_v3(timm_name: str, *, reduced_tail: bool = False, pretraine
     return _create_mnv3(timm_name, pretrained, **model_kwargs)
 
 
-class _MobileNetV3ExpansionBackbone(ExpansionTimmBackbone):
-    """`ExpansionTimmBackbone` for a MobileNetV3 built by `create_mobilenet_v3`.
-
-    `ExpansionTimmBackbone` recognises MobileNetV3 only by a timm model name (a `create_fn` makes it
-    assume an EfficientNet-style net), so this sets up the same MobileNetV3 path with our builder;
-    `forward_features` is the parent's.
-
-    Args:
-        name: Our registered name.
-        architecture: Human description for messages.
-        create_fn: Builds the timm MobileNetV3 (`features_only=True` is passed).
-        timm_name: timm variant, for messages.
-        pretrained: False or a local file in timm's layout.
-        output_stride: 8, 16 or 32 (timm dilates).
-        out_indices: Levels to return, None for all.
-        in_chans: Input channels.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str,
-        architecture: str,
-        create_fn,
-        timm_name: str,
-        pretrained: Pretrained,
-        output_stride: int,
-        out_indices: Sequence[int] | None,
-        in_chans: int,
-    ) -> None:
-        Backbone.__init__(self)
-        self.name, self.in_chans, self.output_stride = name, in_chans, output_stride
-        model = create_timm_model(
-            timm_name,
-            architecture=architecture,
-            pretrained=pretrained,
-            pretrained_available=False,
-            create_fn=create_fn,
-            features_only=True,
-            output_stride=output_stride,
-            in_chans=in_chans,
-        )
-        if not isinstance(model, MobileNetV3Features):
-            raise TypeError(f"{architecture}: expected a timm MobileNetV3Features model, got {type(model).__name__}")
-        stages = model.feature_info.get_dicts()
-        self._tap_stages = tuple(0 if f["module"] == "bn1" else int(f["module"].split(".")[1]) + 1 for f in stages[:-1])
-        self._conv_head, self._stem_act = False, True  # the last level is the last block; act1 is separate
-        channels = [_check_tap_block(model.blocks[s][0], architecture) for s in self._tap_stages]
-        channels.append(stages[-1]["num_chs"])
-        all_info = FeatureInfo(tuple(channels), tuple(f["reduction"] for f in stages))
-        self.out_indices = resolve_out_indices(out_indices, len(all_info), name)
-        self.feature_info = all_info.select(self.out_indices)
-        self._num_levels = self.out_indices[-1] + 1
-        timm_keys = set(model.state_dict())
-        self.model = _prune(model, self._tap_stages, self._num_levels, conv_head=False)
-        if pretrained not in (False, True, None):
-            removed = timm_keys - set(self.model.state_dict())
-            state_dict = {k: v for k, v in read_state_dict(pretrained).items() if k not in removed}
-            load_checked(
-                self.model,
-                state_dict,
-                source=str(pretrained),
-                architecture=f"{architecture} (timm '{timm_name}' layout)",
-                ignore=("classifier.*", "conv_head.*", "norm_head.*"),
-                in_chans=in_chans,
-                stem_keys=("conv_stem.weight",),
-            )
-
-
 def _build(
     name: str,
     table: dict[float, str],
@@ -209,17 +137,6 @@ def _build(
             f"timm's layout as pretrained='/path/to/weights.pth'"
         )
     create_fn = partial(create_mobilenet_v3, timm_name, reduced_tail=True)
-    if feature_location == "expansion":
-        return _MobileNetV3ExpansionBackbone(
-            name=name,
-            architecture=architecture,
-            create_fn=create_fn,
-            timm_name=timm_name,
-            pretrained=pretrained,
-            output_stride=output_stride,
-            out_indices=out_indices,
-            in_chans=in_chans,
-        )
     return build_timm_backbone(
         name=name,
         architecture=architecture,
@@ -230,6 +147,7 @@ def _build(
         feature_location=feature_location,
         in_chans=in_chans,
         create_fn=create_fn,
+        mobilenetv3=True,
     )
 
 
