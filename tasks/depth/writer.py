@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,19 +10,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
+from tasks.common.files import save_png_atomic
 from tasks.depth.visualize import depth_to_uint8_rgb
-
-
-def _save_atomic(image: Image.Image, path: Path) -> None:
-    # Write beside the target and rename, so an interrupted run never leaves a truncated PNG.
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class DepthPredictionWriter(BasePredictionWriter):
@@ -55,5 +42,5 @@ class DepthPredictionWriter(BasePredictionWriter):
         for name, d in zip(prediction["name"], depth[:, 0]):
             d = np.nan_to_num(d, nan=0.0, posinf=0.0, neginf=0.0)
             raw = np.clip(np.round(d * self.depth_scale), 0, 65535).astype(np.uint16)
-            _save_atomic(Image.fromarray(raw), self.output_dir / f"{name}_depth.png")
-            _save_atomic(Image.fromarray(depth_to_uint8_rgb(d)), self.output_dir / f"{name}_color.png")
+            save_png_atomic(Image.fromarray(raw), self.output_dir / f"{name}_depth.png")
+            save_png_atomic(Image.fromarray(depth_to_uint8_rgb(d)), self.output_dir / f"{name}_color.png")

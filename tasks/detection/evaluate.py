@@ -7,22 +7,10 @@ python -m tasks.detection.evaluate --gt instances.json --results detections.json
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
-from pathlib import Path
 
+from tasks.common.files import write_json_atomic
 from tasks.detection.coco_eval import coco_evaluate
-
-
-def write_json_atomic(path: str | os.PathLike, data) -> None:
-    """Write JSON through a temporary file, so a failure never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(data, f)
-    os.replace(f.name, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -14,9 +14,9 @@ from torch import Tensor
 
 from backbones import Backbone, create_backbone, get_backbone_entry
 from heads.ssdlite import SSDLiteHead, postprocess
+from tasks.common.files import write_json_atomic
 from tasks.detection.coco_eval import coco_evaluate, format_summary
 from tasks.detection.datasets.coco import coco_from_dict
-from tasks.detection.evaluate import write_json_atomic
 from tasks.detection.losses import ssd_loss
 from tasks.detection.visualize import DetectionWriter, draw_detections
 from tasks.detection.voc_eval import voc_map

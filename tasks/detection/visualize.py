@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import torch
@@ -12,6 +10,7 @@ from torch import Tensor
 from torchvision.io import write_jpeg
 from torchvision.utils import draw_bounding_boxes
 
+from tasks.common.files import atomic_path, write_json_atomic
 from tasks.common.images import read_rgb
 from tasks.detection.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -72,13 +71,12 @@ class DetectionWriter(BasePredictionWriter):
                 name = Path(path).stem if path else f"image_{det['image_id']}"
                 image = torch.from_numpy(read_rgb(path).copy()).permute(2, 0, 1) if path else None
                 if image is not None:
-                    write_jpeg(draw_detections(image, det, names, self.min_score), str(out_dir / f"{name}.jpg"))
+                    with atomic_path(out_dir / f"{name}.jpg") as tmp:
+                        write_jpeg(draw_detections(image, det, names, self.min_score), str(tmp))
                 records.append({
                     "image": path, "image_id": det["image_id"], "boxes": det["boxes"].tolist(),
                     "scores": det["scores"].tolist(), "labels": det["labels"].tolist(),
                     "names": [names[i] for i in det["labels"].tolist()] if names else None,
                 })  # fmt: skip
-        tmp = out_dir / "predictions.json.tmp"
-        tmp.write_text(json.dumps(records))
-        os.replace(tmp, out_dir / "predictions.json")
+        write_json_atomic(out_dir / "predictions.json", records)
         print(f"wrote {len(records)} predictions to {out_dir}")

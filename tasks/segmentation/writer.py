@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
+from tasks.common.files import save_png_atomic
 from tasks.segmentation.visualize import palette
 
 
@@ -53,11 +52,4 @@ class PaletteMaskWriter(BasePredictionWriter):
             image = Image.fromarray(mask.numpy(), mode="P")
             image.putpalette(colours)
             target = folder / f"{Path(path).stem}.png"
-            fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
-            os.close(fd)
-            try:
-                image.save(tmp, format="PNG")
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            save_png_atomic(image, target)
