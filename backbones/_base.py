@@ -47,6 +47,25 @@ def resolve_out_indices(out_indices: Sequence[int] | None, num_levels: int, name
     return tuple(sorted(indices))
 
 
+def reject_expansion(name: str, feature_location: str, *, missing: str, why: str) -> None:
+    """Refuse `feature_location="expansion"` for a net that has no expansion layers.
+
+    Args:
+        name: The backbone's registered name.
+        feature_location: What was asked for.
+        missing: What the net lacks, e.g. "expansion layers".
+        why: What its blocks are instead, for the message.
+
+    Raises:
+        ValueError: `feature_location` is not "stage".
+    """
+    if feature_location != "stage":
+        raise ValueError(
+            f"{name} has no {missing} ({why}), so feature_location='{feature_location}' does not exist for it; "
+            f"use feature_location='stage'"
+        )
+
+
 class Backbone(nn.Module):
     """A network seen as a multi-scale feature extractor.
 

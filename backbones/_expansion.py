@@ -24,7 +24,7 @@ from timm.models.efficientnet import EfficientNet
 from timm.models.mobilenetv3 import MobileNetV3Features
 from torch import Tensor, nn
 
-from backbones._base import Backbone, resolve_out_indices
+from backbones._base import Backbone, reject_expansion, resolve_out_indices
 from backbones._features import FeatureInfo
 from backbones._registry import Pretrained
 from backbones._timm_wrapper import TimmBackbone, create_timm_model
@@ -92,10 +92,12 @@ def build_timm_backbone(
     Raises:
         ValueError: "expansion" asked of a net without expansion layers.
     """
-    if feature_location == "expansion" and not has_expansions:
-        raise ValueError(
-            f"{name} has no expansion layers (its blocks are depthwise-separable convolutions without an "
-            f"expanding 1x1 conv), so feature_location='expansion' does not exist for it; use 'stage'"
+    if not has_expansions:
+        reject_expansion(
+            name,
+            feature_location,
+            missing="expansion layers",
+            why="its blocks are depthwise-separable convolutions without an expanding 1x1 conv",
         )
     common = dict(
         name=name,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from backbones._base import Backbone
+from backbones._base import Backbone, reject_expansion
 from backbones._registry import Pretrained, register_backbone
 from backbones._shuffle_blocks import LevelBackbone, ShuffleV1Block, stage_dilations
 from backbones._weights import load_checked, read_state_dict
@@ -131,11 +131,12 @@ def shufflenet_v1(
         raise ValueError(
             f"shufflenet_v1 has no configuration groups={groups}, width_mult={width_mult}; valid: {VALID_COMBOS}"
         )
-    if feature_location != "stage":
-        raise ValueError(
-            "shufflenet_v1 has no inverted-residual expansion layers to tap (feature_location='expansion'); "
-            "use feature_location='stage'"
-        )
+    reject_expansion(
+        "shufflenet_v1",
+        feature_location,
+        missing="inverted-residual expansion layers to tap",
+        why="its units are channel-shuffled group or split convolutions",
+    )
     architecture = f"shufflenet_v1 (groups={groups}, width_mult={width_mult})"
     if pretrained is True:
         if groups not in (3, 8):

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from backbones._base import Backbone
+from backbones._base import Backbone, reject_expansion
 from backbones._registry import Pretrained, register_backbone
 from backbones._shuffle_blocks import LevelBackbone, ShuffleV2Block, stage_dilations
 from backbones._weights import download_error, load_checked, read_state_dict
@@ -125,11 +125,12 @@ def shufflenet_v2(
     """
     if width_mult not in CHANNELS:
         raise ValueError(f"shufflenet_v2 width_mult {width_mult} is not supported; choose one of {sorted(CHANNELS)}")
-    if feature_location != "stage":
-        raise ValueError(
-            "shufflenet_v2 has no inverted-residual expansion layers to tap (feature_location='expansion'); "
-            "use feature_location='stage'"
-        )
+    reject_expansion(
+        "shufflenet_v2",
+        feature_location,
+        missing="inverted-residual expansion layers to tap",
+        why="its units are channel-shuffled group or split convolutions",
+    )
     architecture = f"shufflenet_v2 (width_mult={width_mult})"
     model = ShuffleNetV2(width_mult=width_mult, output_stride=output_stride, out_indices=out_indices, in_chans=in_chans)
     if pretrained not in (False, None):

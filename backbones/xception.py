@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
-from backbones._base import Backbone, resolve_out_indices
+from backbones._base import Backbone, reject_expansion, resolve_out_indices
 from backbones._dilation import dilation_plan, running_strides
 from backbones._features import FeatureInfo
 from backbones._registry import Pretrained, register_backbone
@@ -155,12 +155,7 @@ def _convert_legacy_(model: nn.Module, output_stride: int) -> None:
             _dilate_separable_(model.conv4.conv1, dilation)
 
 
-def _reject_expansion(name: str, feature_location: str) -> None:
-    if feature_location != "stage":
-        raise ValueError(
-            f"{name} has no expansion layers (its blocks are plain depthwise-separable convolutions), so "
-            f"feature_location='{feature_location}' is not available; use feature_location='stage'"
-        )
+_PLAIN_SEPARABLE = "its blocks are plain depthwise-separable convolutions"
 
 
 @register_backbone(
@@ -179,7 +174,7 @@ def xception(
     Taps (timm's): stem (64 ch), ReLU'd outputs of block1 (128), block2 (256), block11 (728), and
     the exit flow (2048). The stem is zero-padded by 3 pixels (see `LEGACY_STEM_PADDING`).
     """
-    _reject_expansion("xception", feature_location)
+    reject_expansion("xception", feature_location, missing="expansion layers", why=_PLAIN_SEPARABLE)
     return TimmIntermediatesBackbone(
         name="xception",
         architecture="xception (original, Chollet 2017)",
@@ -212,7 +207,7 @@ def xception65(
     Taps (timm's): the activation before the strided separable conv of blocks 0, 1, 2 and 19
     (128, 256, 728, 1024 ch) and the last block's output (2048).
     """
-    _reject_expansion("xception65", feature_location)
+    reject_expansion("xception65", feature_location, missing="expansion layers", why=_PLAIN_SEPARABLE)
     return TimmIntermediatesBackbone(
         name="xception65",
         architecture="xception65 (aligned Xception-65, DeepLabv3+)",

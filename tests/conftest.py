@@ -1,4 +1,4 @@
-"""Shared test setup: offline hub, sample-data location, small deterministic threads."""
+"""Shared test setup: offline hub, sample-data location, one CPU thread."""
 
 import os
 from pathlib import Path
@@ -9,7 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread: on a shared or small machine, OpenMP threads spin against each other and other
+# processes (a training step measured up to 8x slower with two); the suite's tensors are small anyway.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -17,15 +17,6 @@ REPRESENTATIVE = ["mobilenet_v2", "mobilenet_v3_large", "shufflenet_v2", "ghostn
 MNV3_LARGE_INFO = FeatureInfo((16, 24, 40, 112, 960), (2, 4, 8, 16, 16))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two OpenMP threads per process thrash on the shared 2-core machine; one is several times faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @functools.cache
 def _backbone(name: str, output_stride: int) -> nn.Module:
     torch.manual_seed(0)
