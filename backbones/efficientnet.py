@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from backbones._base import Backbone
-from backbones._expansion import build_timm_backbone
 from backbones._registry import Pretrained, register_backbone
+from backbones._timm_family import build_timm_backbone
 
 _PAPER = "Tan and Le, EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks, ICML 2019"
 

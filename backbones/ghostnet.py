@@ -21,7 +21,7 @@ from backbones._base import Backbone, resolve_out_indices
 from backbones._dilation import dilate_stage_, dilation_plan, running_strides
 from backbones._features import FeatureInfo
 from backbones._registry import Pretrained, register_backbone
-from backbones._timm_wrapper import create_timm_model
+from backbones._timm_family import create_timm_model
 from backbones._weights import load_checked, read_state_dict
 
 # width_mult -> timm name. Only the 1.0x network has published ImageNet weights (timm's hub).

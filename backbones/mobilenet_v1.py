@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
-from timm.models.efficientnet import _gen_mobilenet_v1
-
 from backbones._base import Backbone
-from backbones._expansion import build_timm_backbone, resolve_width
 from backbones._registry import Pretrained, register_backbone
+from backbones._timm_family import build_timm_backbone, resolve_width
+from backbones._timm_internals import gen_mobilenet_v1
 
 # width_mult (the paper's alpha) -> timm name; timm registers (and has weights for) 1.0 only.
 _TIMM_NAMES = {0.25: "mobilenetv1_025", 0.5: "mobilenetv1_050", 0.75: "mobilenetv1_075", 1.0: "mobilenetv1_100"}
@@ -41,7 +40,7 @@ def mobilenet_v1(
     create_fn = None
     if timm_name not in _REGISTERED:
         # timm's own generator at another channel multiplier; the named cfg keeps timm from warning.
-        create_fn = partial(_gen_mobilenet_v1, timm_name, width_mult, pretrained_cfg={"architecture": timm_name})
+        create_fn = partial(gen_mobilenet_v1, timm_name, width_mult, pretrained_cfg={"architecture": timm_name})
     return build_timm_backbone(
         name="mobilenet_v1",
         architecture=f"mobilenet_v1 (width_mult={width_mult})",

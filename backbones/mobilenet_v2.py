@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from backbones._base import Backbone
-from backbones._expansion import build_timm_backbone, resolve_width
 from backbones._registry import Pretrained, register_backbone
+from backbones._timm_family import build_timm_backbone, resolve_width
 
 # width_mult -> timm name. timm's hub has ImageNet weights for 0.5, 1.0 and 1.4 only.
 _TIMM_NAMES = {

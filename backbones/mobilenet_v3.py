@@ -15,14 +15,19 @@ import re
 from collections.abc import Sequence
 from functools import partial
 
-from timm.models._efficientnet_blocks import SqueezeExcite
-from timm.models._efficientnet_builder import decode_arch_def, resolve_act_layer, resolve_bn_args, round_channels
-from timm.models.mobilenetv3 import _create_mnv3
 from torch import nn
 
 from backbones._base import Backbone
-from backbones._expansion import build_timm_backbone, resolve_width
 from backbones._registry import Pretrained, register_backbone
+from backbones._timm_family import build_timm_backbone, resolve_width
+from backbones._timm_internals import (
+    SqueezeExcite,
+    create_mnv3,
+    decode_arch_def,
+    resolve_act_layer,
+    resolve_bn_args,
+    round_channels,
+)
 
 _PAPER = "Howard et al., Searching for MobileNetV3, ICCV 2019"
 # width_mult -> timm name. timm's hub has ImageNet weights for large 1.0, small 0.75 and small 1.0.
@@ -103,7 +108,7 @@ def create_mobilenet_v3(timm_name: str, *, reduced_tail: bool = False, pretraine
         **kwargs,
     )
     # timm's variant name only picks the pretrained config (normalisation etc.), never loaded here.
-    return _create_mnv3(timm_name, pretrained, **model_kwargs)
+    return create_mnv3(timm_name, pretrained, **model_kwargs)
 
 
 def _build(

@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
-from timm.models.mobilenetv3 import _gen_lcnet
-
 from backbones._base import Backbone
-from backbones._expansion import build_timm_backbone, resolve_width
 from backbones._registry import Pretrained, register_backbone
+from backbones._timm_family import build_timm_backbone, resolve_width
+from backbones._timm_internals import gen_lcnet
 
 # width_mult (PaddleClas' scale) -> timm name; timm registers 0.35 to 1.5 (weights for 0.5, 0.75, 1.0).
 _TIMM_NAMES = {
@@ -46,7 +45,7 @@ def pp_lcnet(
     timm_name = resolve_width("pp_lcnet", width_mult, _TIMM_NAMES)
     create_fn = None
     if timm_name not in _REGISTERED:
-        create_fn = partial(_gen_lcnet, timm_name, width_mult, pretrained_cfg={"architecture": timm_name})
+        create_fn = partial(gen_lcnet, timm_name, width_mult, pretrained_cfg={"architecture": timm_name})
     return build_timm_backbone(
         name="pp_lcnet",
         architecture=f"pp_lcnet (width_mult={width_mult})",

@@ -22,7 +22,7 @@ from backbones._base import Backbone, reject_expansion, resolve_out_indices
 from backbones._dilation import dilation_plan, running_strides
 from backbones._features import FeatureInfo
 from backbones._registry import Pretrained, register_backbone
-from backbones._timm_wrapper import create_timm_model
+from backbones._timm_family import create_timm_model
 from backbones._weights import load_checked, read_state_dict
 
 # The original stem (3x3 stride-2 conv, then 3x3 conv, neither padded) gives floor((H - 3) / 2) - 1

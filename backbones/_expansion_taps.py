@@ -1,4 +1,4 @@
-"""Expansion taps of timm inverted-residual nets, and the builder the timm-wrapped families share.
+"""Expansion taps of timm inverted-residual nets (SSDLite's feature locations).
 
 SSDLite (Sandler et al., MobileNetV2, CVPR 2018, section 6.2) does not tap block outputs: it taps the
 *expansion* of the block that downsamples next, i.e. the 1x1 conv (+BN+activation) that widens the
@@ -11,108 +11,23 @@ This is NOT timm's `feature_location="expansion"`, which hooks the input of the 
 (post-depthwise activations). Here timm's model (the classifier for EfficientNet-style nets, whose
 conv_head we need; the features model for MobileNetV3, which timm only dilates there) is cut after the
 deepest tap and run block by block; its modules and state-dict keys stay timm's, so timm checkpoints
-load unchanged.
+load unchanged. The timm model is built by `backbones._timm_family.build_timm_backbone`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 
-import timm
-from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
-from timm.models.efficientnet import EfficientNet
-from timm.models.mobilenetv3 import MobileNetV3Features
 from torch import Tensor, nn
 
-from backbones._base import Backbone, reject_expansion, resolve_out_indices
+from backbones._base import Backbone, resolve_out_indices
 from backbones._features import FeatureInfo
 from backbones._registry import Pretrained
-from backbones._timm_wrapper import TimmBackbone, create_timm_model
+from backbones._timm_internals import DepthwiseSeparableConv, EfficientNet, InvertedResidual, MobileNetV3Features
 from backbones._weights import load_checked, read_state_dict
 
 # Keys of a MobileNetV3 classifier checkpoint that its features model lacks: all after the global pooling.
 _MNV3_HEAD_KEYS = ("classifier.*", "conv_head.*", "norm_head.*")
-
-
-def resolve_width(name: str, width_mult: float, table: Mapping[float, str]) -> str:
-    """The timm variant of a width multiplier, or a ValueError listing the supported widths.
-
-    Args:
-        name: Our registered name, for the message.
-        width_mult: The requested width.
-        table: Supported width -> timm variant name.
-
-    Returns:
-        The timm variant name.
-    """
-    if width_mult not in table:
-        raise ValueError(f"{name} width_mult {width_mult!r} is not supported; choose one of {sorted(table)}")
-    return table[width_mult]
-
-
-def hub_weights_exist(timm_name: str) -> bool:
-    """Whether timm lists ImageNet weights for a variant (e.g. mobilenetv2_035 has none)."""
-    return bool(timm.list_pretrained(f"{timm_name}.*"))
-
-
-def build_timm_backbone(
-    *,
-    name: str,
-    architecture: str,
-    timm_name: str,
-    pretrained: Pretrained,
-    output_stride: int,
-    out_indices: Sequence[int] | None,
-    feature_location: str,
-    in_chans: int,
-    create_fn: Callable[..., nn.Module] | None = None,
-    has_expansions: bool = True,
-    mobilenetv3: bool | None = None,
-) -> Backbone:
-    """Build a timm-wrapped net at either feature location.
-
-    Args:
-        name: Our registered name.
-        architecture: Human description for messages, e.g. "mobilenet_v2 (width_mult=0.5)".
-        timm_name: timm variant; hub weights are those of its default pretrained tag.
-        pretrained: False, True (timm's hub) or a local file in timm's layout.
-        output_stride: 8, 16 or 32.
-        out_indices: Levels to return, None for all.
-        feature_location: "stage" (block outputs, timm's features_only) or "expansion" (SSDLite taps).
-        in_chans: Input channels.
-        create_fn: Builds a width timm does not register (then no hub weights exist); called like
-            `timm.create_model` without the name.
-        has_expansions: False for nets of depthwise-separable blocks only (MobileNetV1, PP-LCNet).
-        mobilenetv3: Whether `create_fn` builds a timm MobileNetV3 (None: inferred from `timm_name`, and
-            False when `create_fn` is given).
-
-    Returns:
-        The backbone.
-
-    Raises:
-        ValueError: "expansion" asked of a net without expansion layers.
-    """
-    if not has_expansions:
-        reject_expansion(
-            name,
-            feature_location,
-            missing="expansion layers",
-            why="its blocks are depthwise-separable convolutions without an expanding 1x1 conv",
-        )
-    common = dict(
-        name=name,
-        architecture=architecture,
-        timm_name=timm_name,
-        pretrained=pretrained,
-        output_stride=output_stride,
-        out_indices=out_indices,
-        in_chans=in_chans,
-        pretrained_available=create_fn is None and hub_weights_exist(timm_name),
-        create_fn=create_fn,
-    )
-    if feature_location == "expansion":
-        return ExpansionTimmBackbone(**common, mobilenetv3=mobilenetv3)
-    return TimmBackbone(**common)
 
 
 class _ExpansionOnly(nn.Module):
@@ -176,15 +91,15 @@ class ExpansionTimmBackbone(Backbone):
     Args:
         name: Our registered name.
         architecture: Human description for messages.
-        timm_name: timm variant (its default pretrained tag chooses the hub weights).
-        pretrained: False, True (timm's hub), or a local file in timm's classifier layout.
-        output_stride: 8, 16 or 32 (timm dilates).
+        timm_name: timm variant, for messages.
+        model: The timm network: an EfficientNet classifier built with `num_classes=0`, or (mobilenetv3)
+            a `MobileNetV3Features`, at `output_stride` and `in_chans`, with or without hub weights.
+        pretrained: False, True (hub weights already in `model`), or a local file in timm's classifier
+            layout, loaded here once the unused modules are removed.
+        output_stride: 8, 16 or 32 (what `model` was built at).
         out_indices: Levels to return, None for all.
         in_chans: Input channels.
-        pretrained_available: Whether hub weights exist for this variant.
-        create_fn: Builds the timm model instead of `timm.create_model(timm_name, ...)`.
-        mobilenetv3: Whether the model is a timm MobileNetV3 (None: inferred from `timm_name`, and False
-            when `create_fn` is given).
+        mobilenetv3: Whether `model` is a timm MobileNetV3 features model.
     """
 
     def __init__(
@@ -193,43 +108,24 @@ class ExpansionTimmBackbone(Backbone):
         name: str,
         architecture: str,
         timm_name: str,
+        model: nn.Module,
         pretrained: Pretrained,
         output_stride: int,
         out_indices: Sequence[int] | None,
         in_chans: int,
-        pretrained_available: bool = True,
-        create_fn: Callable[..., nn.Module] | None = None,
-        mobilenetv3: bool | None = None,
+        mobilenetv3: bool,
     ) -> None:
         super().__init__()
         self.name, self.in_chans, self.output_stride = name, in_chans, output_stride
-        # timm's MobileNetV3 classifier cannot dilate and its conv_head follows the pooling (we drop it), so
-        # it is built as timm's features model; EfficientNet-style nets keep their classifier's conv_head.
-        is_mnv3 = mobilenetv3
-        if is_mnv3 is None:
-            is_mnv3 = create_fn is None and timm.models.model_entrypoint(timm_name).__module__.endswith("mobilenetv3")
-        kwargs = dict(output_stride=output_stride, in_chans=in_chans)
-        if is_mnv3:
-            kwargs["features_only"] = True
-        else:
-            kwargs["num_classes"] = 0
-        model = create_timm_model(
-            timm_name,
-            architecture=architecture,
-            pretrained=pretrained,
-            pretrained_available=pretrained_available,
-            create_fn=create_fn,
-            **kwargs,
-        )
         if not isinstance(model, (EfficientNet, MobileNetV3Features)):
             raise TypeError(f"{architecture}: expansion taps need a timm EfficientNet or MobileNetV3 model")
         # timm's stage features: 'bn1' (the stem) or 'blocks.<s>' (the end of stage s), shallow to deep.
-        stages = model.feature_info.get_dicts() if is_mnv3 else model.feature_info
+        stages = model.feature_info.get_dicts() if mobilenetv3 else model.feature_info
         self._tap_stages = tuple(0 if f["module"] == "bn1" else int(f["module"].split(".")[1]) + 1 for f in stages[:-1])
         # EfficientNet's conv_head runs on the feature map; MobileNetV3's last level is its last block.
-        self._conv_head = not is_mnv3
+        self._conv_head = not mobilenetv3
         # MobileNetV3Features applies the stem activation separately; EfficientNet's bn1 includes it.
-        self._stem_act = is_mnv3
+        self._stem_act = mobilenetv3
         channels = [_check_tap_block(model.blocks[s][0], architecture) for s in self._tap_stages]
         channels.append(model.conv_head.out_channels if self._conv_head else stages[-1]["num_chs"])
         all_info = FeatureInfo(tuple(channels), tuple(f["reduction"] for f in stages))
@@ -248,7 +144,7 @@ class ExpansionTimmBackbone(Backbone):
                 state_dict,
                 source=str(pretrained),
                 architecture=f"{architecture} (timm '{timm_name}' layout)",
-                ignore=_MNV3_HEAD_KEYS if is_mnv3 else ("classifier.*",),
+                ignore=_MNV3_HEAD_KEYS if mobilenetv3 else ("classifier.*",),
                 in_chans=in_chans,
                 stem_keys=("conv_stem.weight",),
             )

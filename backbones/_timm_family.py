@@ -1,15 +1,24 @@
-"""Wrap a timm network as a Backbone: timm builds and dilates it, we own the contract."""
+"""The builder every timm-wrapped family shares: timm builds and dilates the net, we own the contract.
+
+`build_timm_backbone` is what the MobileNet, EfficientNet and PP-LCNet builders call: it builds the timm
+model (from the hub, a timm generator, or our own definition) and returns it as a `TimmBackbone` (block
+outputs, timm's `features_only`) or an `ExpansionTimmBackbone` (SSDLite's expansion taps,
+`backbones._expansion_taps`). GhostNet and Xception, which add their own taps to timm's classifier, use
+`create_timm_model` alone.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import timm
 from torch import Tensor, nn
 
-from backbones._base import Backbone, resolve_out_indices
+from backbones._base import Backbone, reject_expansion, resolve_out_indices
+from backbones._expansion_taps import ExpansionTimmBackbone
 from backbones._features import FeatureInfo
+from backbones._registry import Pretrained
 from backbones._weights import download_error, load_checked, read_state_dict
 
 # Classifier and pre-logits keys of timm checkpoints that a feature extractor drops.
@@ -135,3 +144,99 @@ class TimmBackbone(Backbone):
         """(N, C, H, W) -> selected maps, see `Backbone.forward`."""
         features = self.model(x)
         return [features[i] for i in self.out_indices]
+
+
+def resolve_width(name: str, width_mult: float, table: Mapping[float, str]) -> str:
+    """The timm variant of a width multiplier, or a ValueError listing the supported widths.
+
+    Args:
+        name: Our registered name, for the message.
+        width_mult: The requested width.
+        table: Supported width -> timm variant name.
+
+    Returns:
+        The timm variant name.
+    """
+    if width_mult not in table:
+        raise ValueError(f"{name} width_mult {width_mult!r} is not supported; choose one of {sorted(table)}")
+    return table[width_mult]
+
+
+def hub_weights_exist(timm_name: str) -> bool:
+    """Whether timm lists ImageNet weights for a variant (e.g. mobilenetv2_035 has none)."""
+    return bool(timm.list_pretrained(f"{timm_name}.*"))
+
+
+def build_timm_backbone(
+    *,
+    name: str,
+    architecture: str,
+    timm_name: str,
+    pretrained: Pretrained,
+    output_stride: int,
+    out_indices: Sequence[int] | None,
+    feature_location: str,
+    in_chans: int,
+    create_fn: Callable[..., nn.Module] | None = None,
+    has_expansions: bool = True,
+    mobilenetv3: bool | None = None,
+) -> Backbone:
+    """Build a timm-wrapped net at either feature location.
+
+    Args:
+        name: Our registered name.
+        architecture: Human description for messages, e.g. "mobilenet_v2 (width_mult=0.5)".
+        timm_name: timm variant; hub weights are those of its default pretrained tag.
+        pretrained: False, True (timm's hub) or a local file in timm's layout.
+        output_stride: 8, 16 or 32.
+        out_indices: Levels to return, None for all.
+        feature_location: "stage" (block outputs, timm's features_only) or "expansion" (SSDLite taps).
+        in_chans: Input channels.
+        create_fn: Builds a width timm does not register (then no hub weights exist); called like
+            `timm.create_model` without the name.
+        has_expansions: False for nets of depthwise-separable blocks only (MobileNetV1, PP-LCNet).
+        mobilenetv3: Whether `create_fn` builds a timm MobileNetV3 (None: inferred from `timm_name`, and
+            False when `create_fn` is given).
+
+    Returns:
+        The backbone.
+
+    Raises:
+        ValueError: "expansion" asked of a net without expansion layers.
+    """
+    if not has_expansions:
+        reject_expansion(
+            name,
+            feature_location,
+            missing="expansion layers",
+            why="its blocks are depthwise-separable convolutions without an expanding 1x1 conv",
+        )
+    common = dict(
+        name=name,
+        architecture=architecture,
+        timm_name=timm_name,
+        pretrained=pretrained,
+        output_stride=output_stride,
+        out_indices=out_indices,
+        in_chans=in_chans,
+    )
+    pretrained_available = create_fn is None and hub_weights_exist(timm_name)
+    if feature_location != "expansion":
+        return TimmBackbone(**common, pretrained_available=pretrained_available, create_fn=create_fn)
+    # timm's MobileNetV3 classifier cannot dilate and its conv_head follows the pooling (the taps drop it),
+    # so it is built as timm's features model; EfficientNet-style nets keep their classifier's conv_head.
+    is_mnv3 = mobilenetv3
+    if is_mnv3 is None:
+        is_mnv3 = create_fn is None and timm.models.model_entrypoint(timm_name).__module__.endswith("mobilenetv3")
+    kwargs = dict(features_only=True) if is_mnv3 else dict(num_classes=0)
+    model = create_timm_model(
+        timm_name,
+        architecture=architecture,
+        pretrained=pretrained,
+        pretrained_available=pretrained_available,
+        create_fn=create_fn,
+        output_stride=output_stride,
+        in_chans=in_chans,
+        **kwargs,
+    )
+    return ExpansionTimmBackbone(**common, model=model, mobilenetv3=is_mnv3)
