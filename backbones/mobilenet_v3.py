@@ -28,6 +28,7 @@ from backbones._timm_internals import (
     resolve_bn_args,
     round_channels,
 )
+from backbones._weights import apply_layout_bn_eps
 
 _PAPER = "Howard et al., Searching for MobileNetV3, ICCV 2019"
 # width_mult -> timm name. timm's hub has ImageNet weights for large 1.0, small 0.75 and small 1.0.
@@ -124,7 +125,7 @@ def _build(
 ) -> Backbone:
     timm_name = resolve_width(name, width_mult, table)
     if not reduced_tail:
-        return build_timm_backbone(
+        backbone = build_timm_backbone(
             name=name,
             architecture=f"{name} (width_mult={width_mult})",
             timm_name=timm_name,
@@ -134,6 +135,7 @@ def _build(
             feature_location=feature_location,
             in_chans=in_chans,
         )
+        return apply_layout_bn_eps(backbone, pretrained)  # torchvision's files: BatchNorm eps 1e-3
     architecture = f"{name} (width_mult={width_mult}, reduced_tail=True)"
     if pretrained is True:
         raise ValueError(
@@ -142,7 +144,7 @@ def _build(
             f"timm's layout as pretrained='/path/to/weights.pth'"
         )
     create_fn = partial(create_mobilenet_v3, timm_name, reduced_tail=True)
-    return build_timm_backbone(
+    backbone = build_timm_backbone(
         name=name,
         architecture=architecture,
         timm_name=timm_name,
@@ -154,6 +156,7 @@ def _build(
         create_fn=create_fn,
         mobilenetv3=True,
     )
+    return apply_layout_bn_eps(backbone, pretrained)
 
 
 @register_backbone("mobilenet_v3_large", paper=_PAPER)
