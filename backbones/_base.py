@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from backbones._features import FeatureInfo
+from backbones._scriptable import not_scriptable
 
 SUPPORTED_OUTPUT_STRIDES = (8, 16, 32)
 FEATURE_LOCATIONS = ("stage", "expansion")
@@ -84,6 +85,16 @@ class Backbone(nn.Module):
     feature_info: FeatureInfo
     in_chans: int
     output_stride: int
+    # Whether `torch.jit.script` compiles it (through `__prepare_scriptable__`); see backbones._scriptable.
+    scriptable: bool = False
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What `torch.jit.script` compiles in this module's place; here a clear refusal.
+
+        Raises:
+            RuntimeError: This backbone is not TorchScript-scriptable.
+        """
+        raise not_scriptable(f"backbone '{self.name}'")
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """Compute the selected feature maps; see `forward`."""

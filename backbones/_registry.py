@@ -6,8 +6,9 @@ import difflib
 import fnmatch
 import inspect
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from backbones._base import FEATURE_LOCATIONS, SUPPORTED_OUTPUT_STRIDES, Backbone
 
@@ -26,18 +27,25 @@ class BackboneEntry:
         builder: Keyword-only callable returning a Backbone.
         paper: Citation of the architecture's paper.
         family_options: Names of the builder's family keyword arguments (e.g. width_mult, groups).
+        family_defaults: Default value of each family option.
+        variants: Supported non-default settings of the family options, each a dict of the options it
+            changes (e.g. `{"width_mult": 0.5}`); the drop-in registers each as a named smp encoder.
     """
 
     name: str
     builder: Callable[..., Backbone]
     paper: str
     family_options: tuple[str, ...]
+    family_defaults: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    variants: tuple[dict[str, Any], ...] = field(default=(), hash=False, compare=False)
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}
 
 
-def register_backbone(name: str, *, paper: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
+def register_backbone(
+    name: str, *, paper: str, variants: Sequence[Mapping[str, Any]] = ()
+) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
     """Decorator that registers a builder under `name`.
 
     The builder takes keyword-only arguments: the common ones (`pretrained`, `output_stride`,
@@ -46,6 +54,8 @@ def register_backbone(name: str, *, paper: str) -> Callable[[Callable[..., Backb
     Args:
         name: Registered name; registering a name twice is an error.
         paper: The architecture's paper, cited in docs and the backbone table.
+        variants: The supported non-default settings of the family options (each a mapping of the
+            options it changes), e.g. `[{"width_mult": 0.5}, {"width_mult": 1.4}]`.
 
     Returns:
         The decorator, which returns the builder unchanged.
@@ -59,7 +69,16 @@ def register_backbone(name: str, *, paper: str) -> Callable[[Callable[..., Backb
         if missing:
             raise TypeError(f"builder for '{name}' lacks the common arguments {missing}")
         options = tuple(p for p in params if p not in COMMON_ARGS and params[p].kind is inspect.Parameter.KEYWORD_ONLY)
-        _REGISTRY[name] = BackboneEntry(name, builder, paper, options)
+        defaults = {p: params[p].default for p in options}
+        checked = []
+        for variant in variants:
+            unknown = [k for k in variant if k not in options]
+            if unknown or not variant or all(defaults[k] == v for k, v in variant.items()):
+                raise ValueError(
+                    f"variant {dict(variant)} of '{name}' must change at least one of its family options {options}"
+                )
+            checked.append(dict(variant))
+        _REGISTRY[name] = BackboneEntry(name, builder, paper, options, defaults, tuple(checked))
         return builder
 
     return decorator

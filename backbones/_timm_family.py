@@ -19,6 +19,7 @@ from backbones._base import Backbone, reject_expansion, resolve_out_indices
 from backbones._expansion_taps import ExpansionTimmBackbone
 from backbones._features import FeatureInfo
 from backbones._registry import Pretrained
+from backbones._scriptable import ScriptableTimmBackbone
 from backbones._weights import download_error, load_checked, read_state_dict
 
 # Classifier and pre-logits keys of timm checkpoints that a feature extractor drops.
@@ -139,6 +140,12 @@ class TimmBackbone(Backbone):
         all_info = FeatureInfo(tuple(info.channels()), tuple(info.reduction()))
         self.out_indices = resolve_out_indices(out_indices, len(all_info), name)
         self.feature_info = all_info.select(self.out_indices)
+
+    scriptable = True  # timm's features networks script; ScriptableTimmBackbone runs this forward
+
+    def __prepare_scriptable__(self) -> ScriptableTimmBackbone:
+        """The same network and forward in TorchScript's subset of Python (what `torch.jit.script` compiles)."""
+        return ScriptableTimmBackbone(self.model, list(self.out_indices), self.in_chans, self.name, self.output_stride)
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """(N, C, H, W) -> selected maps, see `Backbone.forward`."""

@@ -180,7 +180,11 @@ def _tap_channels(model: nn.Module, tap_stages: Sequence[int], expansion: bool) 
     return tuple(channels)
 
 
-@register_backbone("ghostnet", paper="Han et al., GhostNet: More Features from Cheap Operations, CVPR 2020")
+@register_backbone(
+    "ghostnet",
+    paper="Han et al., GhostNet: More Features from Cheap Operations, CVPR 2020",
+    variants=[{"width_mult": w} for w in _TIMM_NAMES if w != 1.0],
+)
 def ghostnet(
     *,
     pretrained: Pretrained = False,

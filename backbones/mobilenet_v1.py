@@ -22,6 +22,7 @@ _REGISTERED = {"mobilenetv1_100"}
 @register_backbone(
     "mobilenet_v1",
     paper="Howard et al., MobileNets: Efficient Convolutional Neural Networks for Mobile Vision Applications, 2017",
+    variants=[{"width_mult": w} for w in _TIMM_NAMES if w != 1.0],
 )
 def mobilenet_v1(
     *,

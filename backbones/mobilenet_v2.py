@@ -23,7 +23,9 @@ _TIMM_NAMES = {
 
 
 @register_backbone(
-    "mobilenet_v2", paper="Sandler et al., MobileNetV2: Inverted Residuals and Linear Bottlenecks, CVPR 2018"
+    "mobilenet_v2",
+    paper="Sandler et al., MobileNetV2: Inverted Residuals and Linear Bottlenecks, CVPR 2018",
+    variants=[{"width_mult": w} for w in _TIMM_NAMES if w != 1.0],
 )
 def mobilenet_v2(
     *,

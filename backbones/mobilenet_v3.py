@@ -58,6 +58,14 @@ _SMALL_ARCH = (
 _NUM_FEATURES = {"large": 1280, "small": 1024}
 
 
+def _variants(widths: dict[float, str]) -> list[dict]:
+    """The named non-default settings: every width, with and without the reduced tail."""
+    defaults = {"width_mult": 1.0, "reduced_tail": False}
+    settings = [{"width_mult": w, "reduced_tail": r} for w in sorted(widths) for r in (False, True)]
+    changed = [{k: v for k, v in s.items() if v != defaults[k]} for s in settings]
+    return [s for s in changed if s]
+
+
 def reduce_tail(arch_def: Sequence[Sequence[str]]) -> list[list[str]]:
     """Halve the output channels of the last two stages of a timm MobileNetV3 architecture definition.
 
@@ -159,7 +167,7 @@ def _build(
     return apply_layout_bn_eps(backbone, pretrained)
 
 
-@register_backbone("mobilenet_v3_large", paper=_PAPER)
+@register_backbone("mobilenet_v3_large", paper=_PAPER, variants=_variants(_LARGE))
 def mobilenet_v3_large(
     *,
     pretrained: Pretrained = False,
@@ -189,7 +197,7 @@ def mobilenet_v3_large(
     )
 
 
-@register_backbone("mobilenet_v3_small", paper=_PAPER)
+@register_backbone("mobilenet_v3_small", paper=_PAPER, variants=_variants(_SMALL))
 def mobilenet_v3_small(
     *,
     pretrained: Pretrained = False,

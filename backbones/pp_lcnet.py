@@ -28,7 +28,11 @@ _TIMM_NAMES = {
 _REGISTERED = {"lcnet_035", "lcnet_050", "lcnet_075", "lcnet_100", "lcnet_150"}
 
 
-@register_backbone("pp_lcnet", paper="Cui et al., PP-LCNet: A Lightweight CPU Convolutional Neural Network, 2021")
+@register_backbone(
+    "pp_lcnet",
+    paper="Cui et al., PP-LCNet: A Lightweight CPU Convolutional Neural Network, 2021",
+    variants=[{"width_mult": w} for w in _TIMM_NAMES if w != 1.0],
+)
 def pp_lcnet(
     *,
     pretrained: Pretrained = False,

@@ -111,6 +111,7 @@ class ShuffleNetV1(LevelBackbone):
 @register_backbone(
     "shufflenet_v1",
     paper="Zhang et al., ShuffleNet: An Extremely Efficient Convolutional Neural Network for Mobile Devices, CVPR 2018",
+    variants=[{"groups": g, "width_mult": w} for g, w in CHANNELS if (g, w) != (3, 1.0)],
 )
 def shufflenet_v1(
     *,

@@ -108,6 +108,7 @@ def _torchvision_state_dict(width_mult: float, architecture: str) -> dict[str, t
 @register_backbone(
     "shufflenet_v2",
     paper="Ma et al., ShuffleNet V2: Practical Guidelines for Efficient CNN Architecture Design, ECCV 2018",
+    variants=[{"width_mult": w} for w in CHANNELS if w != 1.0],
 )
 def shufflenet_v2(
     *,

@@ -290,7 +290,8 @@ def pretrained_error() -> RuntimeError:
     )
 
 
-@register_backbone("skipblocknet", paper=PAPER)
+# Any positive width builds; these are the named ones (smp `lw-skipblocknet_050`, ...).
+@register_backbone("skipblocknet", paper=PAPER, variants=[{"width_mult": 0.5}, {"width_mult": 0.75}])
 def skipblocknet(
     *,
     pretrained: Pretrained = False,

@@ -1,8 +1,8 @@
 """Which smp architectures and timm paths work with which backbone: runs them all, prints a markdown table.
 
-    python -m backbones.compat_table                  # every backbone, every configuration (minutes)
-    python -m backbones.compat_table --quick          # one configuration per cell
-    python -m backbones.compat_table --backbones mobilenet_v2 shufflenet_v2 --archs Unet DPT
+    python -m tools.compat_table                  # every backbone, every configuration (minutes)
+    python -m tools.compat_table --quick          # one configuration per cell
+    python -m tools.compat_table --backbones mobilenet_v2 shufflenet_v2 --archs Unet DPT
 
 Each cell builds the smp model (random weights), runs forward and backward on a batch of 2 small
 images and checks the output shape, for every encoder depth (3, 4, 5), output stride (8 and 16
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-import backbones  # noqa: F401  (registers the lw- smp encoders and lw_ timm models)
-from backbones._readme import replace_generated_block
-from backbones._registry import list_backbones
+import backbones.dropin  # noqa: F401  (the explicit line: registers the lw- smp encoders and lw_ timm models)
+from backbones import list_backbones
+from tools.readme import replace_generated_block
 
 DEPTHS = (3, 4, 5)
 IN_CHANNELS = (3, 1, 4)
@@ -256,7 +256,7 @@ def to_markdown(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry: run the matrix and print the markdown table."""
-    parser = argparse.ArgumentParser(prog="python -m backbones.compat_table", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.compat_table", description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", nargs="+", default=None, help="backbone names (default: all registered)")
     parser.add_argument("--archs", nargs="+", default=None, choices=ARCHITECTURE_NAMES, help="smp architectures")
     parser.add_argument("--quick", action="store_true", help="only the default configuration per cell")

@@ -1,6 +1,6 @@
-"""Every registered backbone as a timm model named `lw_<name>`.
+"""Every registered backbone as a timm model named `lw_<name>` (registered by `import backbones.dropin`).
 
->>> import backbones, timm
+>>> import backbones.dropin, timm
 >>> model = timm.create_model("lw_mobilenet_v2", features_only=True, output_stride=16, out_indices=(1, 2, 3, 4))
 >>> model.feature_info.channels(), model.feature_info.reduction()  # timm's FeatureInfo
 
@@ -12,12 +12,12 @@ gets strides 2, 4, ... even for a backbone that taps several maps at one stride.
 The model is our Backbone with timm's feature-extractor surface on top (`feature_info`,
 `forward_intermediates`, `pretrained_cfg`); it does not go through timm's `build_model_with_cfg`
 because our backbones already are feature extractors and dilate themselves (timm refuses dilation
-for GhostNet and the original Xception; ours does not).
+for GhostNet and the original Xception; ours does not). Family options are keyword arguments of
+`timm.create_model`, and so of smp's `tu-lw_<name>` encoders, which forward their keyword arguments to timm.
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 import sys
@@ -27,13 +27,12 @@ from collections.abc import Callable, Sequence
 import timm
 import torch
 from timm.models import register_model
-from timm.models._features import FeatureInfo as TimmFeatureInfo
-from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from backbones._base import resolve_out_indices
 from backbones._features import FeatureInfo
 from backbones._registry import create_backbone, get_backbone_entry, list_backbones
+from backbones._timm_internals import TimmFeatureInfo, feature_take_indices
 
 TIMM_PREFIX = "lw_"
 # timm's default ImageNet normalization; our families that use another one document it in their module.
@@ -258,25 +257,4 @@ def register_timm_models() -> list[str]:
     return added
 
 
-def check_timm_name(timm_name: str) -> None:
-    """Raise a clear error for an `lw_` name that is not registered, suggesting the closest ones.
-
-    Args:
-        timm_name: A timm model name (with its `lw_` prefix; a `.tag` suffix is ignored).
-
-    Raises:
-        ValueError: The name starts with `lw_` but no backbone has it.
-    """
-    base = timm_name.split(".", 1)[0]
-    if base.startswith(TIMM_PREFIX) and base[len(TIMM_PREFIX) :] in list_backbones():
-        register_timm_models()  # a backbone registered after `import backbones`
-    if not base.startswith(TIMM_PREFIX) or timm.models.is_model(base):
-        return
-    known = [TIMM_PREFIX + n for n in list_backbones()]
-    close = difflib.get_close_matches(base, known, n=3, cutoff=0.5)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(f"unknown litedense timm model '{base}'{hint} Available: {', '.join(known)}")
-
-
-__all__ = ["LiteDenseTimmModel", "build_timm_model", "canonical_levels", "check_timm_name", "register_timm_models"]
-register_timm_models()
+__all__ = ["TIMM_PREFIX", "LiteDenseTimmModel", "build_timm_model", "canonical_levels", "register_timm_models"]

@@ -1,0 +1,364 @@
+"""Static int8 post-training quantization of an ONNX model with onnxruntime, tuned for mobile CNN blocks.
+
+The recipe (measured on onnxruntime 1.32, x86-64 with AVX512-VNNI; docs/deploy.md has the figures):
+
+- QDQ format, weights int8 per output channel (symmetric), activations **uint8** (asymmetric), no
+  `reduce_range`. onnxruntime's own default, int8 activations (S8S8), is the main reason int8 MobileNetV3 runs
+  *slower* than float on x86: its CPU kernels fuse only part of the S8S8 `DequantizeLinear -> Conv ->
+  QuantizeLinear` groups into `QLinearConv` (13 of 15 depthwise and 21 of 51 other convolutions of LR-ASPP
+  MobileNetV3-L stay float convolutions with a dequantize before and a quantize after); with uint8 activations
+  all of them fuse (VNNI's `vpdpbusd` multiplies uint8 by int8). `reduce_range` (7-bit) only avoids overflow of
+  the pre-VNNI AVX2 instruction, so it would cost accuracy here for nothing.
+- Hard-swish is rewritten before quantization as `x * Clip(x + 3, 0, 6) * (1/6)` (see `rewrite_hard_swish`):
+  onnxruntime has no quantized HardSwish/HardSigmoid kernel, so left alone each hard-swish becomes a float
+  island (`DequantizeLinear -> HardSigmoid -> QuantizeLinear -> QLinearMul`) that reads and writes the full
+  activation tensor three extra times in float; the rewrite runs as `QLinearAdd`, `QLinearMul` and the Clip is
+  absorbed into the quantization range, all in uint8.
+- `float_nodes` keeps in float what onnxruntime would run in float anyway and what only adds a
+  quantize/dequantize pair (the docstring says which and why).
+- Calibration: MinMax over batches of the task's own training images (`quantize_int8(..., batches)`).
+
+`quant_pre_process` (onnxruntime's symbolic shape inference + basic graph optimization) runs first, as
+onnxruntime recommends; the output file is written atomically.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from tasks.common.files import atomic_path
+
+# Ops that only move or reshape data. A chain of them that ends in a graph output stays float: quantizing it
+# would quantize the network's final outputs (logits, box offsets) for no speed-up.
+PASS_THROUGH_OPS = frozenset(
+    {"Reshape", "Transpose", "Concat", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Gather", "Split", "Identity"}
+)
+
+
+@dataclass(frozen=True)
+class QuantizationReport:
+    """What `quantize_int8` wrote.
+
+    Attributes:
+        path: The int8 model.
+        float_nodes: Names of the nodes kept out of quantization by `float_nodes` (plus any given).
+        hard_swish_rewritten: Hard-swish activations rewritten into int8-fusable ops.
+        calibration_batches: Batches the activation ranges were calibrated on.
+    """
+
+    path: Path
+    float_nodes: tuple[str, ...]
+    hard_swish_rewritten: int
+    calibration_batches: int
+
+
+def _unique_name(base: str, taken: set[str]) -> str:
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
+def _hard_sigmoid_params(node: onnx.NodeProto) -> tuple[float, float]:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
+
+
+def rewrite_hard_swish(model: onnx.ModelProto) -> int:
+    """Rewrite every hard-swish of `model` (in place) as `Mul(Mul(x, Clip(Add(x, 3), 0, 6)), 1/6)`.
+
+    Matches `HardSwish(x)` and its decomposed form `Mul(x, HardSigmoid(x))` with alpha 1/6 and beta 0.5 (what
+    onnxruntime's graph optimizer and some exporters produce). The result is the same function in float
+    (h-swish(x) = x * relu6(x + 3) / 6), but every op in it has a uint8 kernel in onnxruntime (`QLinearAdd`,
+    `QLinearMul`; the Clip becomes the quantization range of its input), where `HardSwish` and `HardSigmoid`
+    have none and would run in float between a dequantize and a quantize of the full activation tensor.
+    A HardSigmoid that gates something else (the squeeze-excite gate, on a (N, C, 1, 1) tensor) is left as is:
+    it is tiny, and the large Mul it feeds is quantized anyway.
+
+    Args:
+        model: An ONNX model (opset >= 14).
+
+    Returns:
+        How many hard-swish activations were rewritten.
+    """
+    graph = model.graph
+    taken = {n.name for n in graph.node} | {t.name for t in graph.initializer}
+    taken |= {v for n in graph.node for v in (*n.input, *n.output)}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in graph.output}
+
+    # (x, y, nodes to remove) for each hard-swish y = h-swish(x)
+    matches: list[tuple[str, str, list[onnx.NodeProto]]] = []
+    for node in graph.node:
+        if node.op_type == "HardSwish":
+            matches.append((node.input[0], node.output[0], [node]))
+        elif node.op_type == "HardSigmoid" and np.allclose(_hard_sigmoid_params(node), (1 / 6, 0.5)):
+            x, gate = node.input[0], node.output[0]
+            users = consumers.get(gate, [])
+            if len(users) == 1 and users[0].op_type == "Mul" and set(users[0].input) == {x, gate}:
+                if gate not in graph_outputs:
+                    matches.append((x, users[0].output[0], [node, users[0]]))
+    if not matches:
+        return 0
+
+    constants = {}
+    for value, tag in ((3.0, "three"), (0.0, "zero"), (6.0, "six"), (1.0 / 6.0, "one_sixth")):
+        name = _unique_name(f"hard_swish_{tag}", taken)
+        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.float32), name))
+        constants[tag] = name
+
+    replaced = {id(n) for _, _, nodes in matches for n in nodes}
+    replacement = {id(nodes[-1]): (x, y, nodes[0].name or "hard_swish") for x, y, nodes in matches}
+    new_nodes = []
+    for node in graph.node:
+        if id(node) not in replaced:
+            new_nodes.append(node)
+            continue
+        if id(node) not in replacement:  # the HardSigmoid of a decomposed pair: emitted with its Mul
+            continue
+        x, y, base = replacement[id(node)]
+        shifted, clipped, product = (_unique_name(f"{base}_{s}", taken) for s in ("add3", "relu6", "mul"))
+        new_nodes += [
+            helper.make_node("Add", [x, constants["three"]], [shifted], name=_unique_name(f"{base}_add3", taken)),
+            helper.make_node(
+                "Clip",
+                [shifted, constants["zero"], constants["six"]],
+                [clipped],
+                name=_unique_name(f"{base}_relu6", taken),
+            ),
+            helper.make_node("Mul", [x, clipped], [product], name=_unique_name(f"{base}_mul", taken)),
+            helper.make_node("Mul", [product, constants["one_sixth"]], [y], name=_unique_name(f"{base}_div6", taken)),
+        ]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    return len(matches)
+
+
+def float_nodes(model: onnx.ModelProto) -> list[str]:
+    """The nodes of `model` that should stay float in the int8 model, found by op type and graph pattern.
+
+    Stays float:
+    - `Resize` in linear or cubic mode: onnxruntime's CPU kernels do not fuse `DequantizeLinear -> Resize ->
+      QuantizeLinear` for these modes, so the resize runs in float whatever the quantizer does, and a QDQ pair
+      around it only adds a quantize and a dequantize pass; for the last upsampling of segmentation logits to
+      the input size that pair alone costs about 40% of the Resize (1 x 21 x 512 x 512). Nearest-neighbour
+      Resize is kept in int8 (it moves bytes).
+    - Pass-through ops (reshape, transpose, concat, ...) on the way to a graph output: the outputs stay float
+      (logits, box offsets, depth), without one shared 8-bit scale across e.g. all default boxes' offsets.
+
+    Stays int8 on purpose (measured): depthwise convolutions (int8 `QLinearConv` is not faster than
+    onnxruntime's float NCHWc depthwise kernel, but a float island around one dequantizes and requantizes the
+    expanded tensor, which costs more than it saves), the squeeze-excite branch (`GlobalAveragePool`, its two
+    1x1 convolutions and the large `Mul`; only its HardSigmoid gate on a (N, C, 1, 1) tensor is float, since
+    onnxruntime has no int8 HardSigmoid), SiLU (`QLinearSigmoid` + `QLinearMul`), Add and Concat.
+
+    Args:
+        model: The (pre-processed) float model.
+
+    Returns:
+        Node names, for `quantize_static(nodes_to_exclude=...)`.
+    """
+    keep: list[str] = []
+    for node in model.graph.node:
+        if node.op_type == "Resize":
+            mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"nearest")
+            if (mode.decode() if isinstance(mode, bytes) else mode) != "nearest":
+                keep.append(node.name)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    stack = [o.name for o in model.graph.output]
+    seen: set[str] = set()
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in seen or node.op_type not in PASS_THROUGH_OPS:
+            continue
+        seen.add(node.name)
+        keep.append(node.name)
+        stack.extend(node.input)
+    return list(dict.fromkeys(keep))
+
+
+def qdq_wrapped_nodes(model: onnx.ModelProto) -> set[str]:
+    """Names of the nodes of a QDQ model between a DequantizeLinear and QuantizeLinear nodes.
+
+    These are the nodes onnxruntime can fuse into int8 kernels (or runs in float between a dequantize and a
+    quantize, for ops without an int8 kernel).
+
+    Inputs that are initializers (a Conv's weight goes through its own DequantizeLinear; Clip bounds, Resize
+    scales) or empty are ignored; a node counts as quantized when its first input is dequantized and every
+    consumer of every output is a QuantizeLinear (or it has no float consumer, for a graph output quantized
+    then dequantized).
+    """
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    out = set()
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or not node.input:
+            continue
+        first = producer.get(node.input[0])
+        if first is None or first.op_type != "DequantizeLinear":
+            continue
+        users = [u for o in node.output for u in consumers.get(o, [])]
+        if users and all(u.op_type == "QuantizeLinear" for u in users):
+            out.add(node.name)
+    return out
+
+
+def _input_spec(model: onnx.ModelProto) -> list[tuple[str, np.dtype, tuple[int | str | None, ...]]]:
+    initializers = {t.name for t in model.graph.initializer}
+    spec = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
+        spec.append((value.name, np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)), dims))
+    return spec
+
+
+class _CalibrationFeed:
+    """Checks each calibration batch against the model's inputs and hands it to onnxruntime's calibrator."""
+
+    def __init__(self, batches: Iterable, spec: list, source: str) -> None:
+        self.spec = spec
+        self.source = source
+        self.count = 0
+        self._it: Iterator = iter(batches)
+        self._first = next(self._it, None)
+        if self._first is None:
+            names = ", ".join(f"'{n}' {d} {list(s)}" for n, d, s in spec)
+            raise ValueError(f"the calibration set for {source} is empty: give at least one batch for {names}")
+        self._check(self._first)  # fail before the (slow) calibration starts
+
+    def _check(self, batch) -> dict[str, np.ndarray]:
+        if not isinstance(batch, Mapping):
+            if len(self.spec) != 1:
+                raise TypeError(
+                    f"{self.source} has inputs {[n for n, _, _ in self.spec]}: give each calibration batch as a "
+                    f"dict input name -> array"
+                )
+            batch = {self.spec[0][0]: batch}
+        feed = {}
+        for name, dtype, dims in self.spec:
+            if name not in batch:
+                raise ValueError(f"calibration batch {self.count} has no input '{name}' of {self.source}")
+            array = batch[name]
+            if not isinstance(array, np.ndarray):
+                raise TypeError(
+                    f"calibration batch {self.count} for '{name}' of {self.source} is a {type(array).__name__}; "
+                    f"give a numpy array"
+                )
+            fixed_ok = len(dims) == array.ndim and all(
+                not isinstance(d, int) or d == 0 or d == s for d, s in zip(dims, array.shape)
+            )
+            if not fixed_ok:
+                raise ValueError(
+                    f"calibration batch {self.count} for '{name}' of {self.source} has shape {list(array.shape)}, "
+                    f"the model expects {[d if isinstance(d, int) and d else (d or '?') for d in dims]}"
+                )
+            if array.dtype != dtype:
+                raise ValueError(
+                    f"calibration batch {self.count} for '{name}' of {self.source} has dtype {array.dtype}, "
+                    f"the model expects {dtype}"
+                )
+            feed[name] = array
+        return feed
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next batch as {input name: array}, or None at the end (onnxruntime's reader protocol)."""
+        if self._first is not None:
+            batch, self._first = self._first, None
+        else:
+            batch = next(self._it, None)
+            if batch is None:
+                return None
+        feed = self._check(batch)
+        self.count += 1
+        return feed
+
+    def rewind(self) -> None:
+        """Onnxruntime calls this for some calibration methods; one pass is all MinMax needs."""
+
+
+def quantize_int8(
+    model_path: str | Path,
+    output_path: str | Path,
+    batches: Iterable[np.ndarray] | Iterable[Mapping[str, np.ndarray]],
+    *,
+    per_channel: bool = True,
+    nodes_to_exclude: Sequence[str] = (),
+    rewrite_activations: bool = True,
+) -> QuantizationReport:
+    """Quantize an ONNX model to int8 (static, QDQ), calibrated on `batches`, and write it atomically.
+
+    Args:
+        model_path: The float ONNX model.
+        output_path: Where the int8 model goes; written through a temporary file beside it, so a failure
+            (bad calibration data, an unwritable folder, an interrupt) leaves no file there.
+        batches: Calibration inputs, already preprocessed as the model expects them (e.g. normalized float32
+            (N, 3, H, W) images from the task's training set): numpy arrays for a single-input model, else
+            dicts input name -> array. A few batches (8-32 images) are enough for MinMax calibration.
+        per_channel: One weight scale per output channel (keeps depthwise convolutions accurate).
+        nodes_to_exclude: More node names to keep float, on top of `float_nodes`'s.
+        rewrite_activations: Rewrite hard-swish into int8-fusable ops (`rewrite_hard_swish`).
+
+    Returns:
+        What was written.
+
+    Raises:
+        FileNotFoundError: `model_path` does not exist.
+        ValueError: The calibration set is empty, or a batch has the wrong shape, dtype or input names.
+        TypeError: A batch is not a numpy array (or dict of them).
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"no ONNX model at {model_path}")
+    model = onnx.load(str(model_path))
+    feed = _CalibrationFeed(batches, _input_spec(model), str(model_path))
+
+    class Reader(CalibrationDataReader):
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return feed.get_next()
+
+    rewritten = rewrite_hard_swish(model) if rewrite_activations else 0
+    with tempfile.TemporaryDirectory(prefix="litedense_int8_") as tmp_dir:
+        pre_path = Path(tmp_dir) / "preprocessed.onnx"
+        try:
+            quant_pre_process(model, str(pre_path))
+        except Exception:  # noqa: BLE001 -- onnxruntime raises a bare Exception when symbolic inference stops
+            # Its symbolic shape inference gives up on some shape arithmetic (e.g. a decoder's computed upsampling
+            # sizes); ONNX's own shape inference + the graph optimization are what quantization needs.
+            quant_pre_process(model, str(pre_path), skip_symbolic_shape=True)
+        excluded = [*float_nodes(onnx.load(str(pre_path))), *nodes_to_exclude]
+        with atomic_path(output_path) as tmp_out:
+            quantize_static(
+                str(pre_path),
+                str(tmp_out),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=per_channel,
+                reduce_range=False,
+                nodes_to_exclude=excluded,
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+            )
+            onnx.checker.check_model(str(tmp_out))
+    return QuantizationReport(Path(output_path), tuple(excluded), rewritten, feed.count)
