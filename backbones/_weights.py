@@ -60,7 +60,7 @@ def _load_file(path: Path) -> tuple[object, dict[str, str]]:
         return torch.load(path, map_location="cpu", weights_only=True), {}
     except pickle.UnpicklingError as err:
         # weights_only refuses any global but tensors and containers, before calling it; name what it refused.
-        refused = re.search(r"unsupported GLOBAL (\S+)", str(err))
+        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
         if refused:
             raise ValueError(
                 f"{path} holds pickled Python objects ({refused.group(1)}), which litedense refuses to load: "
