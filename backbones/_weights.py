@@ -67,7 +67,7 @@ def _load_file(path: Path) -> tuple[object, dict[str, str]]:
                 f"unpickling them could run arbitrary code (torch.load(weights_only=True) stopped before it). "
                 f"Re-save it as a plain state dict: torch.save(model.state_dict(), 'weights.pth')."
             ) from err
-        raise ValueError(f"{path} is not a PyTorch checkpoint (truncated, corrupt or another format)") from err
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated, corrupt or another format)") from err
     except Exception as err:  # truncated zip (RuntimeError), empty file (EOFError), text (KeyError), ...
         raise ValueError(
             f"{path} is not a readable PyTorch checkpoint (truncated, corrupt or another format): "
