@@ -1,15 +1,69 @@
-"""Convolution blocks the segmentation heads share: conv-BN-ReLU, separable conv, image pooling."""
+"""Blocks every head shares: conv-norm-activation, separable conv, image pooling, upsampling.
+
+`conv_bn_act` is the one convolution block of the heads (SSDLite, DeepLabv3 family, depth decoders):
+torchvision's `Conv2dNormActivation`, an `nn.Sequential` of conv (no bias, "same" padding), norm and
+activation, so state-dict keys are `<i>.0.weight`, `<i>.1.running_mean`, ... in every head.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
 
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> nn.Module:
-    """Convolution (no bias, "same" padding) + batch norm + ReLU."""
-    return Conv2dNormActivation(in_channels, out_channels, kernel_size, dilation=dilation, activation_layer=nn.ReLU)
+def conv_bn_act(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int = 1,
+    *,
+    stride: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+    norm: Callable[[int], nn.Module] = nn.BatchNorm2d,
+    activation: Callable[..., nn.Module] = nn.ReLU,
+) -> nn.Sequential:
+    """Convolution (no bias, padding `dilation * (kernel_size - 1) // 2`) + norm + activation (in place).
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        kernel_size: Square kernel side.
+        stride: Convolution stride.
+        dilation: Convolution dilation.
+        groups: Convolution groups (`in_channels` for depthwise).
+        norm: Norm layer factory, called with the channel count (e.g. a BatchNorm2d partial with eps).
+        activation: Activation class (nn.ReLU, nn.ReLU6, ...).
+    """
+    return Conv2dNormActivation(
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=stride,
+        dilation=dilation,
+        groups=groups,
+        norm_layer=norm,
+        activation_layer=activation,
+    )
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:
+    """`conv_bn_act` with batch norm and ReLU (the DeepLab heads' block)."""
+    return conv_bn_act(in_channels, out_channels, kernel_size, dilation=dilation)
+
+
+def resize_to(x: Tensor, output_size: Sequence[int] | None, mode: str = "bilinear") -> Tensor:
+    """Resize (N, C, h, w) to `output_size` (H, W); None or the same size returns `x` itself.
+
+    The one upsampling step of the dense heads (see `docs/design.md`, "who upsamples").
+    """
+    if output_size is None or tuple(x.shape[-2:]) == tuple(output_size):
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=tuple(output_size), mode="nearest")
+    return F.interpolate(x, size=tuple(output_size), mode=mode, align_corners=False)
 
 
 class SeparableConvBNReLU(nn.Sequential):
@@ -25,9 +79,7 @@ class SeparableConvBNReLU(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, dilation: int = 1) -> None:
         super().__init__(
-            Conv2dNormActivation(
-                in_channels, in_channels, 3, dilation=dilation, groups=in_channels, activation_layer=nn.ReLU
-            ),
+            conv_bn_act(in_channels, in_channels, 3, dilation=dilation, groups=in_channels),
             conv_bn_relu(in_channels, out_channels, 1),
         )
 

@@ -8,8 +8,10 @@
   Convolution for Semantic Image Segmentation", ECCV 2018. https://arxiv.org/abs/1802.02611
 - LR-ASPP: Howard et al., "Searching for MobileNetV3", ICCV 2019, Sec. 6.3. https://arxiv.org/abs/1905.02244
 
-Every head takes the backbone's full list of feature maps, picks the ones it needs by stride, and
-returns logits at its own stride (`head.output_stride`); upsampling to the input size is the task's.
+Every head takes the backbone's full list of feature maps and picks the ones it needs by stride.
+`head(features)` returns logits at the head's own stride (`head.output_stride`); `head(features,
+output_size=(H, W))` upsamples them bilinearly to the input size, as the tasks call it (the heads
+upsample, never the task: docs/design.md).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.segmentation.fcn import FCNHead
 
 from backbones import FeatureInfo
-from heads._segmentation_layers import ImagePooling, SeparableConvBNReLU, conv_bn_relu
+from heads._layers import ImagePooling, SeparableConvBNReLU, conv_bn_relu, resize_to
 
 # ASPP rates of the DeepLabv3 paper at output stride 16; they scale with 16 / output stride.
 BASE_RATES = (6, 12, 18)
@@ -129,9 +132,9 @@ class DeepLabV3Head(nn.Module):
         self.conv = conv_bn_relu(channels, channels, 3) if extra_conv else nn.Identity()
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
-    def forward(self, features: Sequence[Tensor]) -> Tensor:
-        """Backbone maps -> (N, num_classes, H / output_stride, W / output_stride) logits."""
-        return self.classifier(self.conv(self.aspp(features[-1])))
+    def forward(self, features: Sequence[Tensor], output_size: Sequence[int] | None = None) -> Tensor:
+        """Backbone maps -> (N, num_classes, H / output_stride, W / output_stride) logits, or at `output_size`."""
+        return resize_to(self.classifier(self.conv(self.aspp(features[-1]))), output_size)
 
 
 class DeepLabV3PlusHead(nn.Module):
@@ -177,12 +180,12 @@ class DeepLabV3PlusHead(nn.Module):
         self.decoder = nn.Sequential(conv3x3(channels + low_level_channels, channels), conv3x3(channels, channels))
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
-    def forward(self, features: Sequence[Tensor]) -> Tensor:
-        """Backbone maps -> (N, num_classes, H / low_level_stride, W / low_level_stride) logits."""
+    def forward(self, features: Sequence[Tensor], output_size: Sequence[int] | None = None) -> Tensor:
+        """Backbone maps -> (N, num_classes, H / low_level_stride, W / low_level_stride) logits, or at `output_size`."""
         low = self.reduce(features[self.low_index])  # (N, 48, H/4, W/4)
         x = self.aspp(features[-1])  # (N, 256, H/16, W/16)
         x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)
-        return self.classifier(self.decoder(torch.cat([x, low], dim=1)))  # (N, K, H/4, W/4)
+        return resize_to(self.classifier(self.decoder(torch.cat([x, low], dim=1))), output_size)  # (N, K, H/4, W/4)
 
 
 class LRASPPHead(nn.Module):
@@ -215,12 +218,34 @@ class LRASPPHead(nn.Module):
         self.low_classifier = nn.Conv2d(low_channels, num_classes, 1)
         self.high_classifier = nn.Conv2d(inter_channels, num_classes, 1)
 
-    def forward(self, features: Sequence[Tensor]) -> Tensor:
-        """Backbone maps -> (N, num_classes, H / 8, W / 8) logits."""
+    def forward(self, features: Sequence[Tensor], output_size: Sequence[int] | None = None) -> Tensor:
+        """Backbone maps -> (N, num_classes, H / 8, W / 8) logits, or at `output_size`."""
         low, high = features[self.low_index], features[-1]
         x = self.cbr(high) * self.scale(high)  # (N, 128, H/16, W/16) * (N, 128, 1, 1)
         x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)
-        return self.low_classifier(low) + self.high_classifier(x)  # (N, K, H/8, W/8)
+        return resize_to(self.low_classifier(low) + self.high_classifier(x), output_size)  # (N, K, H/8, W/8)
+
+
+class FCNAuxHead(FCNHead):
+    """The auxiliary FCN head of torchvision's segmentation models on the first map at `stride`.
+
+    3x3 conv + BN + ReLU, dropout, 1x1 classifier (torchvision's `FCNHead`, whose layers and weights
+    it keeps), reading the map by stride like the other heads; an extra training loss only.
+
+    Args:
+        feature_info: What the backbone returns.
+        num_classes: Output classes.
+        stride: Stride of the map it reads (torchvision: the stride-8 or stride-16 stage).
+    """
+
+    def __init__(self, feature_info: FeatureInfo, num_classes: int, *, stride: int = 8) -> None:
+        index = _find_stride(feature_info, stride, "the auxiliary FCN head")
+        super().__init__(feature_info.channels[index], num_classes)
+        self.index, self.output_stride = index, stride
+
+    def forward(self, features: Sequence[Tensor], output_size: Sequence[int] | None = None) -> Tensor:
+        """Backbone maps -> (N, num_classes, H / stride, W / stride) logits, or at `output_size`."""
+        return resize_to(super().forward(features[self.index]), output_size)
 
 
 def _mobile_deeplabv3(feature_info: FeatureInfo, num_classes: int, **kwargs) -> DeepLabV3Head:
@@ -247,7 +272,8 @@ def create_segmentation_head(name: str, feature_info: FeatureInfo, num_classes: 
         **kwargs: The head's options (see its class).
 
     Returns:
-        The head; `head(features)` gives logits at `head.output_stride`.
+        The head; `head(features)` gives logits at `head.output_stride`, `head(features, output_size)`
+        at the input size.
 
     Raises:
         ValueError: Unknown head name.

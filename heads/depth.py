@@ -8,7 +8,9 @@
   https://arxiv.org/abs/1907.01341 ; Lin et al., "RefineNet", CVPR 2017.
 
 Both return a positive (N, 1, H, W) map: metric depth bounded by `max_depth` (`output="metric"`) or
-relative inverse depth (`output="inverse"`, for the scale-and-shift-invariant loss).
+relative inverse depth (`output="inverse"`, for the scale-and-shift-invariant loss). As every dense head,
+`decoder(features)` returns its map at `decoder.output_stride` and `decoder(features, output_size)` at the
+input size, upsampling inside the decoder (docs/design.md, "who upsamples").
 """
 
 from __future__ import annotations
@@ -21,21 +23,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import FeatureInfo
+from heads._layers import conv_bn_act, resize_to
 
 OUTPUTS = ("metric", "inverse")
 
 
-def _conv_bn_relu(in_ch: int, out_ch: int, kernel_size: int, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(out_ch),
-        nn.ReLU(inplace=True),
-    )
-
-
 def _separable(in_ch: int, out_ch: int, kernel_size: int) -> nn.Sequential:
     """Depthwise k x k then pointwise 1x1, each with BN and ReLU (FastDepth's decoder layer)."""
-    return nn.Sequential(_conv_bn_relu(in_ch, in_ch, kernel_size, groups=in_ch), _conv_bn_relu(in_ch, out_ch, 1))
+    return nn.Sequential(conv_bn_act(in_ch, in_ch, kernel_size, groups=in_ch), conv_bn_act(in_ch, out_ch, 1))
 
 
 class DepthOutput(nn.Module):
@@ -125,7 +120,7 @@ class NNConv5Decoder(nn.Module):
             level = feature_info.index_of_stride(stride)
             self.skip_levels[str(i)] = level
             enc_ch, dec_ch = feature_info.channels[level], decoder_channels[i]
-            self.skip_proj[str(i)] = nn.Identity() if enc_ch == dec_ch else _conv_bn_relu(enc_ch, dec_ch, 1)
+            self.skip_proj[str(i)] = nn.Identity() if enc_ch == dec_ch else conv_bn_act(enc_ch, dec_ch, 1)
         self.final = nn.Conv2d(decoder_channels[-1], 1, 1)
         self.depth = DepthOutput(output, max_depth)
         self.output_stride = 1
@@ -181,8 +176,8 @@ class FusionDecoder(nn.Module):
 
     Every level (the deepest of each stride) is projected to `channels` by 1x1 conv + BN; from the
     deepest, the running map is upsampled bilinearly to the next shallower level, fused as MiDaS does
-    (`rcu2(x + rcu1(lateral))`), and a small head predicts depth at the shallowest level's stride,
-    bilinearly upsampled to the output size.
+    (`rcu2(x + rcu1(lateral))`), and a small head predicts depth at the shallowest level's stride
+    (`output_stride`), its raw map upsampled bilinearly to `output_size` before the output activation.
 
     Args:
         feature_info: What the backbone returns.
@@ -211,7 +206,7 @@ class FusionDecoder(nn.Module):
         )
         self.rcu_skip = nn.ModuleList(_ResidualConvUnit(channels) for _ in self.levels)
         self.rcu_out = nn.ModuleList(_ResidualConvUnit(channels) for _ in self.levels)
-        self.head = nn.Sequential(_conv_bn_relu(channels, head_channels, 3), nn.Conv2d(head_channels, 1, 1))
+        self.head = nn.Sequential(conv_bn_act(channels, head_channels, 3), nn.Conv2d(head_channels, 1, 1))
         self.depth = DepthOutput(output, max_depth)
         self.output_stride = feature_info.strides[self.levels[0]]
 
@@ -220,10 +215,10 @@ class FusionDecoder(nn.Module):
 
         Args:
             features: The backbone's maps, one per `feature_info` entry.
-            output_size: (H, W) of the input image; None for the shallowest level's size times its stride.
+            output_size: (H, W) of the input image; None for the map at `output_stride`.
 
         Returns:
-            (N, 1, H, W) positive depth (or inverse depth).
+            (N, 1, H, W) positive depth (or inverse depth), or (N, 1, H / output_stride, W / output_stride).
         """
         x = None
         for j in reversed(range(len(self.levels))):
@@ -234,10 +229,7 @@ class FusionDecoder(nn.Module):
                 x = F.interpolate(x, size=lateral.shape[-2:], mode="bilinear", align_corners=False) + lateral
             x = self.rcu_out[j](x)
         raw = self.head(x)  # (N, 1, H/s, W/s)
-        if output_size is None:
-            output_size = (raw.shape[-2] * self.output_stride, raw.shape[-1] * self.output_stride)
-        raw = F.interpolate(raw, size=tuple(output_size), mode="bilinear", align_corners=False)
-        return self.depth(raw)  # (N, 1, H, W)
+        return self.depth(resize_to(raw, output_size))  # (N, 1, H, W) with output_size
 
 
 DEPTH_HEADS: dict[str, type[nn.Module]] = {"nnconv5": NNConv5Decoder, "fusion": FusionDecoder}
@@ -252,7 +244,8 @@ def create_depth_head(name: str, feature_info: FeatureInfo, **kwargs) -> nn.Modu
         **kwargs: The decoder's keyword arguments.
 
     Returns:
-        The decoder; `decoder(features, output_size)` gives (N, 1, H, W).
+        The decoder; `decoder(features, output_size)` gives (N, 1, H, W), `decoder(features)` the map at
+        `decoder.output_stride`.
     """
     if name not in DEPTH_HEADS:
         raise ValueError(f"unknown depth head '{name}'; choose one of {sorted(DEPTH_HEADS)}")

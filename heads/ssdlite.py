@@ -23,16 +23,13 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from backbones import FeatureInfo
+from heads._layers import conv_bn_act
 from heads.anchors import DefaultBoxGenerator
 from heads.box_coder import decode_boxes
 
 
 def _conv_bn_relu6(cin: int, cout: int, kernel: int, stride: int, groups: int, norm: partial) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=False),
-        norm(cout),
-        nn.ReLU6(inplace=True),
-    )
+    return conv_bn_act(cin, cout, kernel, stride=stride, groups=groups, norm=norm, activation=nn.ReLU6)
 
 
 def extra_block(in_channels: int, out_channels: int, norm: partial) -> nn.Sequential:
@@ -177,6 +174,29 @@ class SSDLiteHead(nn.Module):
             boxes.append(box_pred(x).permute(0, 2, 3, 1).reshape(n, -1, 4))
             logits.append(cls_pred(x).permute(0, 2, 3, 1).reshape(n, -1, self.num_classes))
         return torch.cat(boxes, dim=1), torch.cat(logits, dim=1)  # (N, A, 4), (N, A, C)
+
+
+DETECTION_HEADS = {"ssdlite": SSDLiteHead}
+
+
+def create_detection_head(name: str, feature_info: FeatureInfo, num_classes: int, **kwargs) -> nn.Module:
+    """Build a detection head by name (today "ssdlite").
+
+    Args:
+        name: One of `DETECTION_HEADS`.
+        feature_info: The maps the head receives (SSDLite: the backbone's stride-16 and stride-32 taps).
+        num_classes: Classes including the background.
+        **kwargs: The head's options (see `SSDLiteHead`).
+
+    Returns:
+        The head; `head(features)` gives (N, A, 4) box offsets and (N, A, num_classes) logits.
+
+    Raises:
+        ValueError: Unknown head name.
+    """
+    if name not in DETECTION_HEADS:
+        raise ValueError(f"unknown detection head '{name}'; choose one of {', '.join(DETECTION_HEADS)}")
+    return DETECTION_HEADS[name](feature_info, num_classes, **kwargs)
 
 
 @torch.no_grad()

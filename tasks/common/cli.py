@@ -44,14 +44,14 @@ def run_cli(
     """Run a task's command line.
 
     Every task logs to TensorBoard under `runs/<task>/version_N/` (checkpoints in its `checkpoints/`)
-    unless the command line or a config names another logger.
+    unless the command line or a config names another logger. Callbacks come from the model's
+    `configure_callbacks` (`tasks.common.module.TaskModule`), the same way in every task.
 
     Args:
         model_class: The task's LightningModule.
         datamodule_class: The task's LightningDataModule.
-        trainer_defaults: The task's default schedule (max_epochs, callbacks); any of it can be
-            overridden from the command line or a config. Callbacks given here are always added (a
-            config's callbacks come on top).
+        trainer_defaults: The task's default schedule (max_epochs, log_every_n_steps); any of it can
+            be overridden from the command line or a config.
         args: Arguments instead of sys.argv (tests).
         task: The task's name, e.g. "depth": the log folder.
 

@@ -1,5 +1,6 @@
 """`python -m tasks.depth fit|validate|test|predict [--backbone NAME] [--config configs/depth/X.yaml]`."""
 
-from tasks.depth import main
+from tasks.depth.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

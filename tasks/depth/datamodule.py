@@ -2,50 +2,32 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from functools import partial
+from typing import Any
 
-import numpy as np
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from tasks.common.images import read_rgb
+from tasks.common.data import TaskDataModule, stack_batch
 from tasks.depth.datasets import (
     NYULabeledDataset,
     RGBDPairDataset,
-    SyntheticDepthDataset,
+    SyntheticDepthScenes,
     folder_pairs,
     kitti_dataset,
     list_pairs,
     nyu_png_dataset,
 )
-from tasks.depth.transforms import DepthTransform
+from tasks.depth.transforms import DepthTransform, eval_transform, train_transform
 
-DATASETS = ("synthetic", "rgbd_folder", "rgbd_list", "nyu_mat", "nyu_png", "kitti")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-class ImageFolderDataset(Dataset):
-    """Images of a folder (sorted), for `predict`; depth is unknown (all zero)."""
-
-    def __init__(self, root: str | Path, transform: DepthTransform) -> None:
-        root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"predict folder not found: {root}")
-        self.paths = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self.paths:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in predict folder {root}")
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict:
-        image = read_rgb(self.paths[index])
-        return self.transform(image, np.zeros(image.shape[:2], np.float32), self.paths[index].stem)
+# Synthetic splits are seeded a million scenes apart, so no split repeats another's scene.
+SYNTHETIC_SEEDS = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 
 
-class DepthDataModule(LightningDataModule):
+class DepthDataModule(TaskDataModule):
     """Data for monocular depth.
+
+    Batches: "image" (N, 3, H, W) normalized, "depth" (N, 1, H, W) metres (0 = no measurement), "name",
+    "path" and "size" (lists, see `DepthDataset`).
 
     Args:
         dataset: "synthetic" (default: rendered scenes, offline), "rgbd_folder" (colour + 16-bit depth
@@ -55,23 +37,26 @@ class DepthDataModule(LightningDataModule):
         root: Data folder (rgbd_folder), image root (lists, KITTI raw data), or the `.mat` file (nyu_mat).
         depth_root: Depth root of list datasets (KITTI ground truth); default: `root`.
         train_list: List file of the training split (list datasets).
-        val_list: List file of the validation / test split (list datasets).
-        splits_file: NYU's official `splits.mat` (nyu_mat).
+        val_list: List file of the validation split (list datasets).
+        test_list: List file of the test split (list datasets); None for `val_list`.
+        splits_file: NYU's official `splits.mat` (nyu_mat; validation and test are its test split).
         train_range: [start, stop) of the sorted pairs used for training (rgbd_folder).
         val_range: [start, stop) for validation (rgbd_folder); None = everything after train_range.
+        test_range: [start, stop) for testing (rgbd_folder); None for the validation range.
         depth_scale: Stored depth units per metre of 16-bit PNGs (rgbd_folder / rgbd_list; 7-Scenes and
             NYU: 1000, TUM: 5000); KITTI always uses 256.
         invalid_values: Stored values meaning "no measurement" besides 0 (7-Scenes: 65535).
         color_suffix: End of colour file names (rgbd_folder).
         depth_suffix: End of depth file names (rgbd_folder).
-        image_size: (height, width) the network sees.
+        image_size: (height, width) the network sees (synthetic scenes are rendered at it).
         max_scale: Largest zoom of the depth-consistent scale augmentation (1 = off).
         synthetic_train_size: Rendered training scenes.
-        synthetic_val_size: Rendered validation scenes (seeded apart from the training ones).
-        predict_dir: Folder of images for `predict`; None predicts the validation split.
-        batch_size: Images per batch.
-        num_workers: DataLoader worker processes.
+        synthetic_val_size: Rendered scenes of the validation split, and of the test split.
+        **kwargs: The options every task shares (`tasks.common.data.TaskDataModule`).
     """
+
+    DATASETS = ("synthetic", "rgbd_folder", "rgbd_list", "nyu_mat", "nyu_png", "kitti")
+    collate = partial(stack_batch, keys=("image", "depth"))
 
     def __init__(
         self,
@@ -80,9 +65,11 @@ class DepthDataModule(LightningDataModule):
         depth_root: str | None = None,
         train_list: str | None = None,
         val_list: str | None = None,
+        test_list: str | None = None,
         splits_file: str | None = None,
         train_range: tuple[int, int | None] = (0, None),
         val_range: tuple[int, int | None] | None = None,
+        test_range: tuple[int, int | None] | None = None,
         depth_scale: float = 1000.0,
         invalid_values: tuple[int, ...] = (0, 65535),
         color_suffix: str = ".color.jpg",
@@ -91,90 +78,61 @@ class DepthDataModule(LightningDataModule):
         max_scale: float = 1.25,
         synthetic_train_size: int = 160,
         synthetic_val_size: int = 32,
-        predict_dir: str | None = None,
-        batch_size: int = 8,
-        num_workers: int = 1,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        if dataset not in DATASETS:
-            raise ValueError(f"unknown depth dataset '{dataset}'; choose one of {DATASETS}")
-        if dataset != "synthetic" and root is None:
-            raise ValueError(f"dataset '{dataset}' needs --data.root")
-        self.save_hyperparameters()
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
-        self.predict_set: Dataset | None = None
+        super().__init__(
+            dataset,
+            root,
+            synthetic_train_size=synthetic_train_size,
+            synthetic_val_size=synthetic_val_size,
+            **kwargs,
+        )
 
-    def _build(self, train: bool) -> Dataset:
+    def _range(self, split: str) -> tuple[int, int | None]:
         hp = self.hparams
-        transform = DepthTransform(hp.image_size, train=train, max_scale=hp.max_scale)
+        if split == "train":
+            return hp.train_range
+        chosen = hp.test_range if split == "test" else None
+        chosen = chosen if chosen is not None else hp.val_range
+        if chosen is not None:
+            return chosen
+        if hp.train_range[1] is None:
+            raise ValueError(
+                f"rgbd_folder {hp.root}: the training range takes every frame, so none is left to "
+                f"validate; set --data.train_range [0, N] or --data.val_range [start, stop]"
+            )
+        return hp.train_range[1], None
+
+    def build_split(self, split: str) -> Dataset:
+        """The dataset of one split ("train" augmented)."""
+        hp = self.hparams
+        train = split == "train"
+        transform = train_transform(hp.image_size, hp.max_scale) if train else eval_transform(hp.image_size)
         if hp.dataset == "synthetic":
-            # Validation scenes are seeded a million apart, so they never repeat a training scene.
             length = hp.synthetic_train_size if train else hp.synthetic_val_size
-            h, w = hp.image_size
-            return SyntheticDepthDataset(length, seed=0 if train else 1_000_000, height=h, width=w, transform=transform)
+            height, width = hp.image_size
+            return SyntheticDepthScenes(length, SYNTHETIC_SEEDS[split], height, width, transform=transform)
         if hp.dataset == "rgbd_folder":
-            if train:
-                start, stop = hp.train_range
-            elif hp.val_range is None:
-                if hp.train_range[1] is None:
-                    raise ValueError(
-                        f"rgbd_folder {hp.root}: the training range takes every frame, so none is left to "
-                        f"validate; set --data.train_range [0, N] or --data.val_range [start, stop]"
-                    )
-                start, stop = hp.train_range[1], None
-            else:
-                start, stop = hp.val_range
+            start, stop = self._range(split)
             pairs = folder_pairs(hp.root, hp.color_suffix, hp.depth_suffix, start or 0, stop)
             if not pairs:
                 raise ValueError(f"range [{start}, {stop}) of {hp.root} selects no frame")
             return RGBDPairDataset(pairs, hp.depth_scale, hp.invalid_values, transform)
-        list_file = hp.train_list if train else hp.val_list
-        if hp.dataset != "nyu_mat" and list_file is None:
+        if hp.dataset == "nyu_mat":
+            if hp.splits_file is None:
+                raise ValueError("dataset 'nyu_mat' needs --data.splits_file (the official splits.mat)")
+            return NYULabeledDataset(hp.root, hp.splits_file, "train" if train else "test", transform)
+        list_file = {"train": hp.train_list, "val": hp.val_list, "test": hp.test_list or hp.val_list}[split]
+        if list_file is None:
             raise ValueError(f"dataset '{hp.dataset}' needs --data.{'train' if train else 'val'}_list")
         if hp.dataset == "rgbd_list":
-            pairs = list_pairs(list_file, hp.root, hp.depth_root)
-            return RGBDPairDataset(pairs, hp.depth_scale, hp.invalid_values, transform)
+            return RGBDPairDataset(
+                list_pairs(list_file, hp.root, hp.depth_root), hp.depth_scale, hp.invalid_values, transform
+            )
         if hp.dataset == "nyu_png":
             return nyu_png_dataset(list_file, hp.root, hp.depth_root, transform)
-        if hp.dataset == "kitti":
-            return kitti_dataset(list_file, hp.root, hp.depth_root or hp.root, transform)
-        if hp.splits_file is None:
-            raise ValueError("dataset 'nyu_mat' needs --data.splits_file (the official splits.mat)")
-        return NYULabeledDataset(hp.root, hp.splits_file, "train" if train else "test", transform)
+        return kitti_dataset(list_file, hp.root, hp.depth_root or hp.root, transform)
 
-    def setup(self, stage: str) -> None:
-        """Build the datasets a stage needs (all disk access happens here)."""
-        if stage == "fit" and self.train_set is None:
-            self.train_set = self._build(train=True)
-        if stage in ("fit", "validate", "test", "predict") and self.val_set is None:
-            self.val_set = self._build(train=False)
-        if stage == "predict" and self.hparams.predict_dir is not None:
-            self.predict_set = ImageFolderDataset(self.hparams.predict_dir, DepthTransform(self.hparams.image_size))
-
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            drop_last=shuffle and len(dataset) > self.hparams.batch_size,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches."""
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches, in order."""
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """The validation / test split, in order."""
-        return self._loader(self.val_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """`predict_dir` images, or the validation split."""
-        return self._loader(self.predict_set or self.val_set, shuffle=False)
+    def predict_transform(self) -> DepthTransform:
+        """Resize and normalize (no depth)."""
+        return eval_transform(self.hparams.image_size)

@@ -5,21 +5,36 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
-from lightning.pytorch.loggers import TensorBoardLogger
-from torch import Tensor
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor, nn
 
 from backbones import create_backbone
 from heads.depth import create_depth_head
+from tasks.common.module import TaskModule
 from tasks.depth.losses import create_loss, scale_and_shift, valid_mask
 from tasks.depth.metrics import DepthMetrics
 from tasks.depth.visualize import depth_panels
+from tasks.depth.writer import DepthPredictionWriter
 
 # Shown in the progress bar and printed after each validation.
 SHOWN = (("abs_rel", "AbsRel"), ("delta1", "delta1"), ("rmse", "RMSE"))
 
 
-class DepthModule(LightningModule):
+class DepthNetwork(nn.Module):
+    """Backbone + decoder: (N, 3, H, W) normalized images -> (N, 1, H, W) depth (or inverse depth)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, channels_last: bool) -> None:
+        super().__init__()
+        self.backbone, self.head, self.channels_last = backbone, head, channels_last
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(N, 3, H, W) -> (N, 1, H, W)."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.head(self.backbone(images), output_size=images.shape[-2:])
+
+
+class DepthModule(TaskModule):
     """Monocular depth: `image -> backbone -> decoder -> depth`.
 
     Args:
@@ -36,12 +51,14 @@ class DepthModule(LightningModule):
         protocol: Evaluation protocol: "none", "nyu", "kitti_garg", "kitti_eigen".
         eval_max_depth: Cap of the evaluation; None = the protocol's.
         median_scaling: Median-scale each prediction before the metrics (relative models).
-        optimizer: "adamw" or "sgd" (momentum 0.9, as FastDepth trains).
-        lr: Peak learning rate (one-cycle schedule: warm-up, then cosine decay).
-        weight_decay: Weight decay.
-        log_images: Samples in the TensorBoard panel (0 = none).
         channels_last: Run in channels-last memory format (about twice as fast on CPU with oneDNN).
+        schedule: Learning-rate schedule; "one_cycle" (warm-up, then cosine decay) by default.
+        **kwargs: Optimizer, the rest of the schedule and image logs (`tasks.common.module.TaskModule`).
     """
+
+    monitor = "val/abs_rel"
+    monitor_mode = "min"
+    checkpoint_tag = "absrel"
 
     def __init__(
         self,
@@ -58,16 +75,11 @@ class DepthModule(LightningModule):
         protocol: str = "none",
         eval_max_depth: float | None = None,
         median_scaling: bool = False,
-        optimizer: str = "adamw",
-        lr: float = 2e-3,
-        weight_decay: float = 1e-4,
-        log_images: int = 4,
         channels_last: bool = True,
+        schedule: str = "one_cycle",
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        if optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"unknown optimizer '{optimizer}'; choose 'adamw' or 'sgd'")
+        super().__init__(schedule=schedule, **kwargs)
         if (loss == "ssi") != (output == "inverse"):
             raise ValueError(
                 f"loss '{loss}' does not fit output '{output}': the scale-and-shift-invariant loss ('ssi') "
@@ -81,16 +93,19 @@ class DepthModule(LightningModule):
         )
         self.criterion = create_loss(loss, **(loss_kwargs or {}))
         cap = max_depth if eval_max_depth is None and protocol == "none" else eval_max_depth
-        self.val_metrics = DepthMetrics(protocol, max_depth=cap, median_scaling=median_scaling)
-        self.test_metrics = DepthMetrics(protocol, max_depth=cap, median_scaling=median_scaling)
+        self.metrics = nn.ModuleDict(
+            {stage: DepthMetrics(protocol, max_depth=cap, median_scaling=median_scaling) for stage in ("val", "test")}
+        )
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
     def forward(self, images: Tensor) -> Tensor:
         """(N, 3, H, W) normalized images -> (N, 1, H, W) depth (or inverse depth)."""
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.head(self.backbone(images), output_size=images.shape[-2:])
+        return self.deployable()(images)
+
+    def deployable(self) -> nn.Module:
+        """Backbone + decoder (`DepthNetwork`, sharing this module's weights): images -> (N, 1, H, W)."""
+        return DepthNetwork(self.backbone, self.head, self.hparams.channels_last)
 
     def _loss(self, pred: Tensor, depth: Tensor) -> Tensor:
         return self.criterion(pred, depth, valid_mask(depth, 0.0, self.hparams.max_depth))
@@ -119,17 +134,20 @@ class DepthModule(LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(pred))
         return loss
 
-    def _evaluate(self, batch: dict, batch_idx: int, stage: str, metrics: DepthMetrics) -> None:
+    def evaluate_batch(self, batch: dict, batch_idx: int, stage: str) -> None:
+        """Loss and metric updates; the first batch is drawn as RGB | truth | prediction | error."""
         pred = self(batch["image"])
         depth = batch["depth"]
         self.log(f"{stage}/loss", self._loss(pred, depth), batch_size=len(pred))
         pred_depth = self.to_depth(pred, depth)
-        metrics.update(pred_depth, depth)
-        if batch_idx == 0 and self.hparams.log_images and isinstance(self.logger, TensorBoardLogger):
+        self.metrics[stage].update(pred_depth, depth)
+        if self.should_log_images(batch_idx):
             panel = depth_panels(batch["image"], depth, pred_depth, self.hparams.max_depth, self.hparams.log_images)
-            self.logger.experiment.add_image(f"{stage}/rgb_gt_pred_error", panel, self.global_step)
+            self.log_image(f"{stage}/rgb_gt_pred_error", panel)
 
-    def _report(self, stage: str, metrics: DepthMetrics) -> None:
+    def evaluate_epoch(self, stage: str) -> None:
+        """Log the metrics (AbsRel, delta1 and RMSE in the progress bar) and print them."""
+        metrics = self.metrics[stage]
         if metrics.images == 0:
             metrics.reset()
             return
@@ -138,38 +156,15 @@ class DepthModule(LightningModule):
         for name, value in values.items():
             shown = any(name == key for key, _ in SHOWN)
             self.log(f"{stage}/{name}", value, prog_bar=shown)
-        if not self.trainer.sanity_checking:
+        if self.reporting:
             summary = "  ".join(f"{label} {values[key]:.3f}" for key, label in SHOWN)
             self.print(f"{stage} epoch {self.current_epoch}: {summary}")
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """Validation loss and metrics; the first batch is drawn to TensorBoard."""
-        self._evaluate(batch, batch_idx, "val", self.val_metrics)
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        """Per image {"name", "depth": (H, W) metres} (relative models: unaligned 1 / output)."""
+        depth = self.to_depth(self(batch["image"]))  # (N, 1, H, W)
+        return [{"name": name, "depth": d[0]} for name, d in zip(batch["name"], depth)]
 
-    def on_validation_epoch_end(self) -> None:
-        """Log and print the validation metrics."""
-        self._report("val", self.val_metrics)
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        """Test loss and metrics."""
-        self._evaluate(batch, batch_idx, "test", self.test_metrics)
-
-    def on_test_epoch_end(self) -> None:
-        """Log and print the test metrics."""
-        self._report("test", self.test_metrics)
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        """{"depth": (N, 1, H, W) metres, "name": [...]} (relative models: unaligned 1 / output)."""
-        return {"depth": self.to_depth(self(batch["image"])), "name": batch["name"]}
-
-    def configure_optimizers(self) -> dict:
-        """AdamW or SGD with a one-cycle schedule over the whole run (warm-up, then cosine decay)."""
-        hp = self.hparams
-        if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.hparams.lr, total_steps=max(1, int(self.trainer.estimated_stepping_batches))
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def prediction_writer(self) -> Callback:
+        """16-bit and colour-mapped depth PNGs."""
+        return DepthPredictionWriter()

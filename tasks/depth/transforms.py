@@ -14,8 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from tasks.common.data import normalize
 
 
 def sanitize_depth(depth: np.ndarray) -> np.ndarray:
@@ -53,12 +52,13 @@ class DepthTransform:
             ]
         )
 
-    def __call__(self, image: np.ndarray, depth: np.ndarray, name: str = "") -> dict:
-        """(H, W, 3) uint8 image, (H, W) depth in metres -> {"image": (3, h, w), "depth": (1, h, w), "name"}."""
-        if image.shape[:2] != depth.shape[:2]:
-            raise ValueError(
-                f"image and depth of '{name}' differ in size: image {image.shape[:2]}, depth {depth.shape[:2]}"
-            )
+    def __call__(self, *, image: np.ndarray, depth: np.ndarray | None = None) -> dict:
+        """(H, W, 3) uint8 image, (H, W) depth in metres -> {"image": (3, h, w), "depth": (1, h, w)}.
+
+        Without a depth (predict), only the image is resized and normalized.
+        """
+        if depth is None:
+            return {"image": normalize(self.resize(image=image)["image"])}
         depth = sanitize_depth(depth)
         height, width = self.size
         if self.train and self.max_scale > 1:
@@ -82,17 +82,17 @@ class DepthTransform:
         if self.train:
             out = self.augment(image=image, mask=depth)
             image, depth = out["image"], out["mask"]
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-        mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
         return {
-            "image": (image - mean) / std,  # (3, h, w)
+            "image": normalize(image),  # (3, h, w)
             "depth": torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None],  # (1, h, w)
-            "name": name,
         }
 
 
-def denormalize(image: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) normalized -> (N, 3, H, W) in [0, 1], for visualisation."""
-    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=image.device).view(1, 3, 1, 1)
-    return (image * std + mean).clamp(0, 1)
+def train_transform(image_size: tuple[int, int], max_scale: float = 1.25) -> DepthTransform:
+    """Depth-consistent zoom and crop, flip, colour jitter, to `image_size` (height, width)."""
+    return DepthTransform(image_size, train=True, max_scale=max_scale)
+
+
+def eval_transform(image_size: tuple[int, int]) -> DepthTransform:
+    """Resize to `image_size` (area for the image, nearest for depth) and normalize."""
+    return DepthTransform(image_size)

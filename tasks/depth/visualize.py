@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tasks.depth.transforms import denormalize
+from tasks.common.data import denormalize
 
 
 def colorize(values: Tensor, vmin: float, vmax: float, cmap: str = "magma_r", valid: Tensor | None = None) -> Tensor:

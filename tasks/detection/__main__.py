@@ -1,5 +1,6 @@
-"""python -m tasks.detection fit|validate|test|predict [--backbone NAME] [--config configs/detection/X.yaml]."""
+"""`python -m tasks.detection fit|validate|test|predict [--backbone NAME] [--config configs/detection/X.yaml]`."""
 
 from tasks.detection.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

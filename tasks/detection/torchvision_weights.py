@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator as TorchvisionBoxes
 
-from tasks.detection.module import SSDLiteModule
+from tasks.detection.module import DetectionModule
 
 # Our part -> torchvision's state-dict prefix, in the order the tensors follow each other.
 _PARTS = (
@@ -35,7 +35,7 @@ TORCHVISION_BN_EPS = 1e-3
 
 
 def load_torchvision_ssdlite(
-    model: SSDLiteModule, state_dict: Mapping[str, Tensor], source: str = "state dict"
+    model: DetectionModule, state_dict: Mapping[str, Tensor], source: str = "state dict"
 ) -> None:
     """Copy torchvision's SSDLite320-MobileNetV3-Large tensors into `model`, in place.
 
@@ -78,7 +78,7 @@ def load_torchvision_ssdlite(
             module.eps = TORCHVISION_BN_EPS
 
 
-def _anchor_orders(model: SSDLiteModule, source: str) -> list[Tensor]:
+def _anchor_orders(model: DetectionModule, source: str) -> list[Tensor]:
     """Per map, for each of our default boxes the index of the same box in torchvision's order."""
     reference = TorchvisionBoxes([[2, 3]] * 6, min_ratio=0.2, max_ratio=0.95)._wh_pairs  # (K, 2) w, h per map
     ours = model.head.anchor_generator.wh

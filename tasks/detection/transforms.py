@@ -13,8 +13,8 @@ import numpy as np
 from albumentations.augmentations.crops.transforms import BaseCrop
 from albumentations.pytorch import ToTensorV2
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from tasks.common.data import IMAGENET_MEAN, IMAGENET_STD
+
 _MEAN_PIXEL = tuple(int(round(m * 255)) for m in IMAGENET_MEAN)
 
 
@@ -135,3 +135,18 @@ def train_transform(image_size: int = 320, augment: bool | str = True) -> A.Comp
 def eval_transform(image_size: int = 320) -> A.Compose:
     """Resize to a square and normalise (SSD evaluates on the warped image)."""
     return train_transform(image_size, augment=False)
+
+
+class ImageOnly:
+    """An evaluation pipeline called on an image alone (the predict folder): no boxes go in.
+
+    Args:
+        transform: An albumentations Compose with bbox params, e.g. `eval_transform(320)`.
+    """
+
+    def __init__(self, transform: A.Compose) -> None:
+        self.transform = transform
+
+    def __call__(self, *, image: np.ndarray) -> dict:
+        """(H, W, 3) uint8 -> {"image": (3, S, S)}."""
+        return {"image": self.transform(image=image, bboxes=np.zeros((0, 4)), labels=[])["image"]}

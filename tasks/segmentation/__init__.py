@@ -1,9 +1,6 @@
-"""Semantic segmentation: DeepLabv3-family heads on any backbone, trained with Lightning.
-
-`python -m tasks.segmentation fit|validate|test|predict [--backbone NAME] [--config configs/segmentation/X.yaml]`
-"""
+"""Semantic segmentation: `python -m tasks.segmentation fit|validate|test|predict --backbone NAME`."""
 
 from tasks.segmentation.datamodule import SegmentationDataModule
-from tasks.segmentation.module import SegmentationModel
+from tasks.segmentation.module import SegmentationModule
 
-__all__ = ["SegmentationDataModule", "SegmentationModel"]
+__all__ = ["SegmentationDataModule", "SegmentationModule"]

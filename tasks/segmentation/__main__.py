@@ -1,4 +1,4 @@
-"""Entry point: `python -m tasks.segmentation fit|validate|test|predict [--backbone NAME] [--config ...]`."""
+"""`python -m tasks.segmentation fit|validate|test|predict [--backbone NAME] [--config configs/segmentation/X.yaml]`."""
 
 from tasks.segmentation.cli import main
 

@@ -1,25 +1,37 @@
-"""LightningModule for semantic segmentation: any registered backbone with any DeepLabv3-family head."""
+"""The segmentation LightningModule: any registered backbone with any DeepLabv3-family head."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
-from torchvision.models.segmentation.fcn import FCNHead
 
 from backbones import create_backbone
-from heads.deeplabv3 import create_segmentation_head
+from heads.deeplabv3 import FCNAuxHead, create_segmentation_head
+from tasks.common.module import TaskModule
+from tasks.segmentation.losses import segmentation_loss
 from tasks.segmentation.metrics import SegmentationMetrics, format_iou_table
 from tasks.segmentation.visualize import comparison_panel
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("poly", "cosine", "constant")
+from tasks.segmentation.writer import PaletteMaskWriter
 
 
-class SegmentationModel(LightningModule):
+class SegmentationNetwork(nn.Module):
+    """Backbone + head: (N, 3, H, W) normalized images -> (N, K, H, W) logits."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(N, 3, H, W) -> (N, K, H, W)."""
+        return self.head(self.backbone(images), output_size=images.shape[-2:])
+
+
+class SegmentationModule(TaskModule):
     """Backbone + segmentation head, trained with pixel-wise cross-entropy.
 
     Args:
@@ -33,15 +45,14 @@ class SegmentationModel(LightningModule):
         ignore_index: Label value excluded from the loss and the metrics.
         aux_loss_weight: Weight of an auxiliary FCN head's loss on the `aux_stride` map (0: none).
         aux_stride: Stride of the map the auxiliary head reads.
-        optimizer: "sgd" (momentum, the DeepLab recipes) or "adamw".
-        lr: Peak learning rate.
-        momentum: SGD momentum.
-        weight_decay: Weight decay of convolution and linear weights (not of norms and biases).
-        schedule: "poly" (DeepLab: (1 - t)^power), "cosine" or "constant", stepped every batch.
-        poly_power: Exponent of the poly schedule.
-        warmup_steps: Linear warm-up steps.
-        log_images: Validation samples drawn as image | ground truth | prediction in TensorBoard.
+        **kwargs: Optimizer, schedule (poly by default, DeepLab's) and image logs
+            (`tasks.common.module.TaskModule`).
     """
+
+    monitor = "val/mIoU"
+    monitor_mode = "max"
+    checkpoint_tag = "miou"
+    sized_by_data = True
 
     def __init__(
         self,
@@ -55,177 +66,96 @@ class SegmentationModel(LightningModule):
         ignore_index: int = 255,
         aux_loss_weight: float = 0.0,
         aux_stride: int = 8,
-        optimizer: str = "adamw",
-        lr: float = 2e-3,
-        momentum: float = 0.9,
-        weight_decay: float = 1e-4,
-        schedule: str = "poly",
-        poly_power: float = 0.9,
-        warmup_steps: int = 0,
-        log_images: int = 4,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer '{optimizer}'; choose one of {OPTIMIZERS}")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule '{schedule}'; choose one of {SCHEDULES}")
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         self.backbone = create_backbone(
             backbone, pretrained=pretrained, output_stride=output_stride, **(backbone_kwargs or {})
         )
-        self.head: nn.Module | None = None
         self.aux_head: nn.Module | None = None
-        self.aux_index: int | None = None
-        self._panel: Tensor | None = None
         if num_classes is not None:
-            self._build_head(num_classes)
+            self.build_head(num_classes)
 
-    def _build_head(self, num_classes: int) -> None:
+    def build_head(self, num_classes: int) -> None:
+        """The head, the optional auxiliary head and the metrics, for `num_classes` classes."""
         hp = self.hparams
         info = self.backbone.feature_info
         self.head = create_segmentation_head(hp.head, info, num_classes, **(hp.head_kwargs or {}))
         if hp.aux_loss_weight > 0:
-            self.aux_index = info.index_of_stride(hp.aux_stride, last=False)
-            self.aux_head = FCNHead(info.channels[self.aux_index], num_classes)
-        self.val_metrics = SegmentationMetrics(num_classes, hp.ignore_index)
-        self.test_metrics = SegmentationMetrics(num_classes, hp.ignore_index)
-        # Saved in the checkpoint's hyperparameters, so `load_from_checkpoint` rebuilds the same head.
-        self.hparams.num_classes = num_classes
+            self.aux_head = FCNAuxHead(info, num_classes, stride=hp.aux_stride)
+        self.metrics = nn.ModuleDict(
+            {stage: SegmentationMetrics(num_classes, hp.ignore_index) for stage in ("val", "test")}
+        )
 
-    def setup(self, stage: str) -> None:
-        """Size the head from the data module's classes, or check that they agree with `num_classes`."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        data_classes = getattr(datamodule, "num_classes", None)
+    def deployable(self) -> nn.Module:
+        """Backbone + head (`SegmentationNetwork`, sharing this module's weights): images -> logits."""
         if self.head is None:
-            if data_classes is None:
-                raise ValueError("model.num_classes is not set and the data module does not provide num_classes")
-            self._build_head(data_classes)
-        elif data_classes is not None and data_classes != self.hparams.num_classes:
-            raise ValueError(
-                f"the model predicts {self.hparams.num_classes} classes but the dataset has {data_classes}; "
-                f"leave model.num_classes unset to take the dataset's"
-            )
+            raise RuntimeError("the head is built at setup from the data's classes; pass num_classes to use it sooner")
+        return SegmentationNetwork(self.backbone, self.head)
 
     def forward(self, images: Tensor) -> Tensor:
         """(N, 3, H, W) normalized images -> (N, num_classes, H, W) logits."""
-        return self._logits(images)[0]
-
-    def _logits(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        if self.head is None:
-            raise RuntimeError("the head is built at setup from the data's classes; pass num_classes to use it sooner")
-        features = self.backbone(images)
-        size = images.shape[-2:]
-        logits = F.interpolate(self.head(features), size=size, mode="bilinear", align_corners=False)  # (N, K, H, W)
-        aux = None
-        if self.aux_head is not None and self.training:
-            aux = F.interpolate(
-                self.aux_head(features[self.aux_index]), size=size, mode="bilinear", align_corners=False
-            )
-        return logits, aux
+        return self.deployable()(images)
 
     def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
-        if not (target != self.hparams.ignore_index).any():
-            return logits.sum() * 0.0  # an all-ignored crop: cross-entropy's mean would be 0 / 0
-        return F.cross_entropy(logits, target, ignore_index=self.hparams.ignore_index)
+        return segmentation_loss(logits, target, self.hparams.ignore_index)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         """Cross-entropy (+ weighted auxiliary loss) on a batch of crops."""
-        logits, aux = self._logits(batch["image"])
+        images = batch["image"]
+        features = self.backbone(images)
+        logits = self.head(features, output_size=images.shape[-2:])  # (N, K, H, W)
         loss = self._loss(logits, batch["mask"])
-        if aux is not None:
-            aux_loss = self._loss(aux, batch["mask"])
+        if self.aux_head is not None:
+            aux_loss = self._loss(self.aux_head(features, output_size=images.shape[-2:]), batch["mask"])
             self.log("train/aux_loss", aux_loss)
             loss = loss + self.hparams.aux_loss_weight * aux_loss
         self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
         return loss
 
-    def _evaluate(self, batch: dict, batch_idx: int, metrics: SegmentationMetrics, prefix: str) -> None:
+    def evaluate_batch(self, batch: dict, batch_idx: int, stage: str) -> None:
+        """Loss and confusion matrix at full resolution; the first batch is drawn to the logger."""
         logits = self(batch["image"])
         loss = self._loss(logits, batch["mask"])
         preds = logits.argmax(1)  # (N, H, W)
-        metrics.update(preds, batch["mask"])
-        self.log(f"{prefix}/loss", loss, batch_size=len(preds))
-        if batch_idx == 0 and self.hparams.log_images:
+        self.metrics[stage].update(preds, batch["mask"])
+        self.log(f"{stage}/loss", loss, batch_size=len(preds))
+        if self.should_log_images(batch_idx):
             n = self.hparams.log_images
-            self._panel = comparison_panel(batch["image"][:n], batch["mask"][:n], preds[:n], self.hparams.num_classes)
+            panel = comparison_panel(batch["image"][:n], batch["mask"][:n], preds[:n], self.hparams.num_classes)
+            self.log_image(f"{stage}/image_truth_prediction", panel.float())
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """Accumulate the confusion matrix at full resolution."""
-        self._evaluate(batch, batch_idx, self.val_metrics, "val")
+    def evaluate_epoch(self, stage: str) -> None:
+        """Log mIoU (progress bar), pixel accuracy, per-class IoU; print the per-class table.
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        """Accumulate the confusion matrix at full resolution."""
-        self._evaluate(batch, batch_idx, self.test_metrics, "test")
-
-    def _class_names(self) -> list[str]:
-        # The data module knows the names; a model loaded on its own numbers the classes.
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        names = getattr(datamodule, "class_names", None)
-        return list(names) if names else [str(i) for i in range(self.hparams.num_classes)]
-
-    def _epoch_end(self, metrics: SegmentationMetrics, prefix: str, print_table: bool) -> None:
+        The table is printed by `validate` and `test`, and after the last training epoch.
+        """
+        metrics = self.metrics[stage]
         result = metrics.compute()
         metrics.reset()
-        self.log(f"{prefix}/mIoU", result["miou"], prog_bar=True)
-        self.log(f"{prefix}/pixel_acc", result["pixel_acc"])
-        self.log(f"{prefix}/mean_acc", result["mean_acc"])
-        names = self._class_names()
+        self.log(f"{stage}/mIoU", result["miou"], prog_bar=True)
+        self.log(f"{stage}/pixel_acc", result["pixel_acc"])
+        self.log(f"{stage}/mean_acc", result["mean_acc"])
+        names = self.class_names
         for name, value in zip(names, result["iou"].tolist()):
             if not math.isnan(value):
-                self.log(f"{prefix}_iou/{name}", value)
-        if print_table:
-            self.print(format_iou_table(names, result["iou"], result["miou"].item(), result["pixel_acc"].item()))
-        self._log_panel(f"{prefix}/image_truth_prediction")
-
-    def _log_panel(self, tag: str) -> None:
-        experiment = getattr(self.logger, "experiment", None)
-        if self._panel is not None and hasattr(experiment, "add_image") and not self.trainer.sanity_checking:
-            experiment.add_image(tag, self._panel.float().cpu(), self.global_step)
-        self._panel = None
-
-    def on_validation_epoch_end(self) -> None:
-        """Log mIoU (progress bar), pixel accuracy, per-class IoU and the overlay panel."""
-        # The table is printed when validating on its own, and after the last training epoch.
+                self.log(f"{stage}_iou/{name}", value)
         fitting = self.trainer.state.fn == "fit"
         last = fitting and self.current_epoch + 1 >= (self.trainer.max_epochs or 0)
-        self._epoch_end(self.val_metrics, "val", not self.trainer.sanity_checking and (not fitting or last))
+        if self.reporting and (not fitting or last):
+            self.print(format_iou_table(names, result["iou"], result["miou"].item(), result["pixel_acc"].item()))
 
-    def on_test_epoch_end(self) -> None:
-        """Log test metrics and print the per-class table."""
-        self._epoch_end(self.test_metrics, "test", True)
-
-    def predict_step(self, batch: dict, batch_idx: int) -> list[tuple[str, Tensor]]:
-        """Class-index maps at each image's original size: [(path, (H, W) uint8), ...]."""
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        """Per image {"name", "mask": (H, W) uint8 class indices at the file's size}."""
         logits = self(batch["image"])
         out = []
-        for i, (path, (h, w), original) in enumerate(zip(batch["path"], batch["size"], batch["original_size"])):
+        for i, ((h, w), size) in enumerate(zip(batch["input_size"], batch["size"])):
             scores = logits[i : i + 1, :, :h, :w]  # drop the batch padding
-            if (h, w) != tuple(original):  # evaluated at base_size: back to the file's size
-                scores = F.interpolate(scores, size=tuple(original), mode="bilinear", align_corners=False)
-            out.append((path, scores[0].argmax(0).to(torch.uint8).cpu()))
+            if (h, w) != tuple(size):  # evaluated at base_size: back to the file's size
+                scores = F.interpolate(scores, size=tuple(size), mode="bilinear", align_corners=False)
+            out.append({"name": batch["name"][i], "mask": scores[0].argmax(0).to(torch.uint8).cpu()})
         return out
 
-    def configure_optimizers(self) -> dict:
-        """SGD or AdamW; decay on weights only; poly / cosine / constant per step, with warm-up."""
-        hp = self.hparams
-        decay = [p for p in self.parameters() if p.requires_grad and p.ndim > 1]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=hp.lr)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-
-        def factor(step: int) -> float:
-            if step < hp.warmup_steps:
-                return (step + 1) / hp.warmup_steps
-            t = min(1.0, step / total)
-            if hp.schedule == "poly":
-                return (1.0 - t) ** hp.poly_power
-            if hp.schedule == "cosine":
-                return 0.5 * (1.0 + math.cos(math.pi * t))
-            return 1.0
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def prediction_writer(self) -> Callback:
+        """Palette PNG masks."""
+        return PaletteMaskWriter()

@@ -8,11 +8,8 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
+from tasks.common.data import IMAGENET_MEAN, IMAGENET_STD
 from tasks.segmentation.datasets import IGNORE_INDEX
-
-# ImageNet statistics, which every pretrained backbone here expects.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 
 
 def _resize(base_size: int | None) -> list[A.BasicTransform]:
@@ -54,10 +51,10 @@ def train_transform(
         steps.append(A.HorizontalFlip(p=0.5))
     if photometric:
         steps.append(A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03, p=0.8))
-    steps += [A.Normalize(mean=MEAN, std=STD), ToTensorV2()]
+    steps += [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()]
     return A.Compose(steps)
 
 
 def eval_transform(base_size: int | None = None) -> A.Compose:
     """Normalize only (full resolution), or resize the longer side to `base_size` first."""
-    return A.Compose([*_resize(base_size), A.Normalize(mean=MEAN, std=STD), ToTensorV2()])
+    return A.Compose([*_resize(base_size), A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()])

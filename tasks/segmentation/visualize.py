@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tasks.segmentation.transforms import MEAN, STD
+from tasks.common.data import denormalize
 
 
 def palette(num_classes: int) -> np.ndarray:
@@ -26,13 +26,6 @@ def palette(num_classes: int) -> np.ndarray:
         colours[index] = (r, g, b)
     colours[255] = (224, 224, 192)  # VOC's boundary colour
     return colours
-
-
-def denormalize(images: Tensor) -> Tensor:
-    """(N, 3, H, W) normalized -> (N, 3, H, W) in [0, 1]."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
-    return (images * std + mean).clamp(0, 1)
 
 
 def overlay(images: Tensor, masks: Tensor, num_classes: int, alpha: float = 0.6) -> Tensor:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from torch.utils.data import Dataset
 
+from tasks.depth.datasets.base import DepthDataset
 from tasks.depth.datasets.rgbd_folder import RGBDPairDataset, list_pairs
 
 SPLIT_KEYS = {"train": "trainNdxs", "test": "testNdxs"}
@@ -52,19 +52,20 @@ def read_official_split(splits_path: str | os.PathLike, split: str) -> np.ndarra
     return np.asarray(indices, dtype=np.int64).ravel() - 1
 
 
-class NYULabeledDataset(Dataset):
+class NYULabeledDataset(DepthDataset):
     """The NYU Depth v2 labeled `.mat` file, one split.
 
     Args:
         mat_path: `nyu_depth_v2_labeled.mat`.
         splits_path: `splits.mat` (official split).
         split: "train" (795 images) or "test" (654).
-        transform: Callable(image, depth, name) -> sample.
+        transform: See `DepthDataset`.
     """
 
     def __init__(
         self, mat_path: str | os.PathLike, splits_path: str | os.PathLike, split: str = "train", transform=None
     ) -> None:
+        super().__init__(transform)
         self.mat_path = Path(mat_path)
         if not self.mat_path.is_file():
             raise FileNotFoundError(f"NYU labeled file not found: {self.mat_path}")
@@ -78,21 +79,20 @@ class NYULabeledDataset(Dataset):
         self.indices = read_official_split(splits_path, split)
         if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= count):
             raise ValueError(f"split indices in {splits_path} exceed the {count} images of {self.mat_path}")
-        self.transform = transform
         self._file: h5py.File | None = None  # opened lazily: one handle per DataLoader worker
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, index: int) -> dict:
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str, None]:
+        """Image and in-painted depth `index` of the split, from the open file."""
         if self._file is None:
             self._file = h5py.File(self.mat_path, "r")
         i = int(self.indices[index])
         # MATLAB stores column-major: (3, W, H) and (W, H) per image.
         image = np.ascontiguousarray(self._file["images"][i].transpose(2, 1, 0))  # (H, W, 3) uint8
         depth = np.ascontiguousarray(self._file["depths"][i].T).astype(np.float32)  # (H, W) metres
-        name = f"nyu_{i:04d}"
-        return self.transform(image, depth, name) if self.transform else {"image": image, "depth": depth, "name": name}
+        return image, depth, f"nyu_{i:04d}", None
 
 
 def nyu_png_dataset(

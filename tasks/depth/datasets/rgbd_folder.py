@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from tasks.common.images import read_rgb, read_uint16
+from tasks.depth.datasets.base import DepthDataset
 
 Pair = tuple[Path, Path]
 
@@ -118,30 +118,32 @@ def read_depth_png(path: str | os.PathLike, depth_scale: float, invalid_values: 
     return depth
 
 
-class RGBDPairDataset(Dataset):
+class RGBDPairDataset(DepthDataset):
     """Samples from (colour, 16-bit depth PNG) pairs.
 
     Args:
         pairs: (colour, depth) paths, e.g. from `folder_pairs` or `list_pairs`.
         depth_scale: Stored units per metre.
         invalid_values: Stored values that mean "no measurement" (7-Scenes: 0 and 65535).
-        transform: Callable(image, depth, name) -> sample.
+        transform: See `DepthDataset`.
     """
 
     def __init__(
         self, pairs: Sequence[Pair], depth_scale: float = 1000.0, invalid_values: Sequence[int] = (0,), transform=None
     ) -> None:
+        super().__init__(transform)
         if not pairs:
             raise ValueError("RGBDPairDataset got no (colour, depth) pairs")
         if not depth_scale > 0:
             raise ValueError(f"depth_scale must be positive, got {depth_scale}")
         self.pairs, self.depth_scale = list(pairs), float(depth_scale)
-        self.invalid_values, self.transform = tuple(invalid_values), transform
+        self.invalid_values = tuple(invalid_values)
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> dict:
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str, str]:
+        """Read pair `index`, checking that colour and depth are registered at one size."""
         color, depth_path = self.pairs[index]
         image = read_rgb(color)
         depth = read_depth_png(depth_path, self.depth_scale, self.invalid_values)
@@ -151,5 +153,4 @@ class RGBDPairDataset(Dataset):
                 f"{depth.shape[1]}x{depth.shape[0]}; they must be registered at the same size"
             )
         # Frame names repeat across KITTI drives and NYU scenes; the index keeps outputs apart.
-        name = f"{index:06d}_{color.name.split('.')[0]}"
-        return self.transform(image, depth, name) if self.transform else {"image": image, "depth": depth, "name": name}
+        return image, depth, f"{index:06d}_{color.name.split('.')[0]}", str(color)

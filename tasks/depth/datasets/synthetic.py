@@ -11,7 +11,8 @@ the same image (seeded by `seed + i`), so runs are reproducible without files on
 from __future__ import annotations
 
 import numpy as np
-from torch.utils.data import Dataset
+
+from tasks.depth.datasets.base import DepthDataset
 
 
 def _hit_plane(dirs: np.ndarray, axis: int, offset: float) -> np.ndarray:
@@ -134,7 +135,7 @@ def render_scene(seed: int, height: int = 128, width: int = 160) -> tuple[np.nda
     return image, t_best.astype(np.float32)
 
 
-class SyntheticDepthDataset(Dataset):
+class SyntheticDepthScenes(DepthDataset):
     """`length` rendered scenes; item i is `render_scene(seed + i)`.
 
     Args:
@@ -142,16 +143,17 @@ class SyntheticDepthDataset(Dataset):
         seed: Offset of the scene seeds (use disjoint ranges for train and validation).
         height: Image rows.
         width: Image columns.
-        transform: Callable(image, depth) -> sample dict, applied to each item.
+        transform: See `DepthDataset`.
     """
 
     def __init__(self, length: int, seed: int = 0, height: int = 128, width: int = 160, transform=None) -> None:
-        self.length, self.seed, self.height, self.width, self.transform = length, seed, height, width, transform
+        super().__init__(transform)
+        self.length, self.seed, self.height, self.width = length, seed, height, width
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> dict:
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str, None]:
+        """Render scene `seed + index`."""
         image, depth = render_scene(self.seed + index, self.height, self.width)
-        name = f"synthetic_{self.seed + index:06d}"
-        return self.transform(image, depth, name) if self.transform else {"image": image, "depth": depth, "name": name}
+        return image, depth, f"synthetic_{self.seed + index:06d}", None

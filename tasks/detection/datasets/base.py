@@ -74,8 +74,9 @@ class DetectionDataset(Dataset):
     Subclasses fill `records`, `class_names` (index 0 = "__background__") and `category_ids`
     (COCO category id of each contiguous label; index 0 unused).
 
-    Each item is `(image, target)`: image (3, S, S) float32 normalised, target a dict with "boxes"
-    (G, 4) in input pixels, "labels" (G,), "image_id" (int) and "orig_size" (H, W) of the file.
+    Each item is a dict: "image" (3, S, S) float32 normalised, "boxes" (G, 4) in input pixels,
+    "labels" (G,), "image_id" (int), "name", "path" (None for in-memory images) and "size" (H, W) of
+    the file; `collate` turns items into the detection batch.
 
     Args:
         transform: Albumentations Compose with bbox params (see `tasks.detection.transforms`).
@@ -103,7 +104,7 @@ class DetectionDataset(Dataset):
         """(H, W, 3) uint8 image of a record."""
         return read_rgb(record.path)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> dict | None:
         record = self.records[index]
         try:
             image = self.load_image(record)
@@ -119,13 +120,15 @@ class DetectionDataset(Dataset):
             image, boxes, labels = out["image"], out["bboxes"], out["labels"]
         else:
             image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255
-        target = {
+        return {
+            "image": image,
             "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(np.asarray(labels, dtype=np.int64).reshape(-1)),
             "image_id": record.image_id,
-            "orig_size": (record.height, record.width),
+            "name": os.path.splitext(os.path.basename(record.path))[0] if record.path else f"image_{record.image_id}",
+            "path": record.path,
+            "size": (record.height, record.width),
         }
-        return image, target
 
     def to_coco(self) -> dict:
         """Ground truth in the COCO instances format (VOC difficult boxes become `iscrowd` = ignored)."""
@@ -156,10 +159,17 @@ class DetectionDataset(Dataset):
         return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def collate(batch: Sequence) -> tuple[torch.Tensor, list[dict]]:
-    """Stack images, keep targets as a list; drops the `None` of skipped corrupt images."""
+def collate(batch: Sequence[dict | None]) -> dict:
+    """The detection batch; the `None` of skipped corrupt images is dropped.
+
+    Returns:
+        {"image": (N, 3, S, S), "targets": [{"boxes": (G, 4) input pixels, "labels": (G,)}] (absent for
+        unlabelled predict images), "image_id", "name", "path", "size" (H, W of each file): lists}.
+    """
     batch = [item for item in batch if item is not None]
-    if not batch:
-        return torch.zeros(0, 3, 1, 1), []
-    images, targets = zip(*batch)
-    return torch.stack(images), list(targets)
+    out: dict = {"image": torch.stack([s["image"] for s in batch]) if batch else torch.zeros(0, 3, 1, 1)}
+    if not batch or "boxes" in batch[0]:
+        out["targets"] = [{"boxes": s["boxes"], "labels": s["labels"]} for s in batch]
+    for key in ("image_id", "name", "path", "size"):
+        out[key] = [s.get(key) for s in batch]
+    return out

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools.coco import COCO
 
-from tasks.detection.datasets.common import DetectionDataset, Record, sanitize_boxes, warn_box_fixes
+from tasks.detection.datasets.base import DetectionDataset, Record, sanitize_boxes, warn_box_fixes
 
 
 def load_coco(annotation_file: str | os.PathLike) -> COCO:

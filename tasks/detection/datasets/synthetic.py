@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tasks.detection.datasets.common import DetectionDataset, Record
+from tasks.detection.datasets.base import DetectionDataset, Record
 
 SHAPES = ("square", "disc", "triangle")
 # One saturated colour per class (RGB); each object varies it by up to +-JITTER per channel.
@@ -19,7 +19,7 @@ JITTER = 25
 BACKGROUND_MAX = 70  # background pixels are uniform noise in [0, BACKGROUND_MAX)
 
 
-class SyntheticShapes(DetectionDataset):
+class SyntheticDetectionShapes(DetectionDataset):
     """Images with 1 to `max_objects` shapes on dark noise; the class is the shape (and its colour).
 
     Objects have sides of `min_size` to `max_size` of the image, aspect ratios of 3/4 to 4/3 and do not

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.detection.datasets.common import DetectionDataset, Record, sanitize_boxes, warn_box_fixes
+from tasks.detection.datasets.base import DetectionDataset, Record, sanitize_boxes, warn_box_fixes
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",

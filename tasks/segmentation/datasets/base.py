@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,35 @@ class Sample:
 
     image: Path
     mask: Path | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Classes of a dataset and the mapping from its stored label values.
+
+    Attributes:
+        class_names: One name per train id.
+        lut: Raw value -> train id (IGNORE_INDEX ignored, -1 invalid); None keeps 0..K-1 and 255.
+    """
+
+    class_names: tuple[str, ...]
+    lut: np.ndarray | None = field(default=None, compare=False)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+
+def read_list(path: Path) -> list[str]:
+    """First field of every non-empty line of a split list (image ids or stems).
+
+    Raises:
+        FileNotFoundError: No such list.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"split list not found: {path}")
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
 def identity_lut(num_classes: int, ignore_values: Sequence[int] = (IGNORE_INDEX,)) -> np.ndarray:
@@ -105,18 +134,24 @@ class SegmentationDataset(Dataset):
         return mapped.astype(np.uint8)
 
     def __getitem__(self, index: int) -> dict:
-        """A dict with "image" (3, H, W) float, "mask" (H, W) int64, "path" and "size" (H, W) before transforms."""
+        """A dict: "image" (3, H, W) float, "mask" (H, W) int64, "name", "path", "size" (H, W) of the file."""
         sample = self.samples[index]
         image = read_rgb(sample.image)
         height, width = image.shape[:2]
         if sample.mask is None:
             out = self.transform(image=image)
-            return {"image": out["image"], "path": str(sample.image), "size": (height, width)}
+            return {
+                "image": out["image"],
+                "name": sample.image.stem,
+                "path": str(sample.image),
+                "size": (height, width),
+            }
         mask = self.read_mask(sample, (height, width))
         out = self.transform(image=image, mask=mask)
         return {
             "image": out["image"],
             "mask": torch.as_tensor(out["mask"], dtype=torch.int64),
+            "name": sample.image.stem,
             "path": str(sample.image),
             "size": (height, width),
         }

@@ -47,7 +47,7 @@ def synthetic_pair(seed: int, size: int = 128, shapes: int = 3) -> tuple[np.ndar
     return (np.clip(image, 0, 1) * 255).astype(np.uint8), mask
 
 
-class SyntheticShapes(Dataset):
+class SyntheticSegmentationShapes(Dataset):
     """`length` generated samples; the split offsets the seeds so train and val never overlap.
 
     Args:
@@ -71,6 +71,7 @@ class SyntheticShapes(Dataset):
         return {
             "image": out["image"],
             "mask": torch.as_tensor(out["mask"], dtype=torch.int64),
-            "path": f"synthetic/{self.split_seed}/{index}",
+            "name": f"synthetic_{self.split_seed}_{index:06d}",
+            "path": None,
             "size": (self.size, self.size),
         }

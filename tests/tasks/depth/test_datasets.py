@@ -16,7 +16,7 @@ from tasks.depth.datasets import (
     nyu_png_dataset,
     render_scene,
 )
-from tasks.depth.transforms import DepthTransform
+from tasks.depth.transforms import train_transform
 
 
 def _write_pair(folder, stem, depth_mm, size=(24, 20), color_ext=".color.jpg", depth_ext=".depth.png"):
@@ -111,13 +111,11 @@ def test_transform_scale_augmentation_keeps_depth_consistent():
     depth[10, :5] = np.nan
     image = np.zeros((60, 80, 3), np.uint8)
     for _ in range(5):
-        out = DepthTransform((30, 40), train=True, max_scale=1.25)(image, depth, "x")
+        out = train_transform((30, 40), max_scale=1.25)(image=image, depth=depth)
         assert out["image"].shape == (3, 30, 40) and out["depth"].shape == (1, 30, 40)
         values = set(np.unique(out["depth"].numpy()).tolist())
         assert values <= {0.0} | {v for v in values if 1.6 - 1e-6 <= v <= 2.0}
         assert len(values - {0.0}) == 1  # zoom s divides every depth by the same s
-    with pytest.raises(ValueError, match="image and depth of 'x' differ in size"):
-        DepthTransform((30, 40))(image, depth[:50], "x")
 
 
 def test_synthetic_scenes_are_deterministic_exact_and_in_range():
@@ -134,7 +132,7 @@ def test_datamodule_folder_ranges(tmp_path):
         _write_pair(tmp_path, f"frame-{i:06d}", _depth_mm())
     dm = DepthDataModule("rgbd_folder", root=str(tmp_path), train_range=(0, 3), image_size=(16, 16), batch_size=2)
     dm.setup("fit")
-    assert len(dm.train_set) == 3 and len(dm.val_set) == 2
+    assert len(dm.datasets["train"]) == 3 and len(dm.datasets["val"]) == 2
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (2, 3, 16, 16) and batch["depth"].shape == (2, 1, 16, 16)
     with pytest.raises(ValueError, match="none is left to validate"):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.depth import main
+from tasks.depth.cli import main
 from tasks.depth.datamodule import DepthDataModule
 from tasks.depth.metrics import DepthMetrics
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from tasks.common.images import CorruptImageError
-from tasks.detection.datasets import CocoDetection, SyntheticShapes, VocDetection, collate
+from tasks.detection.datasets import CocoDetection, SyntheticDetectionShapes, VocDetection, collate
 from tasks.detection.transforms import eval_transform, train_transform
 
 XML = """<annotation><filename>{name}.jpg</filename><size><width>64</width><height>48</height><depth>3</depth></size>
@@ -78,8 +78,8 @@ def test_corrupt_image_error_or_skip(tmp_path):
         ds[1]
     ds = VocDetection(root, "train", transform=eval_transform(32), skip_corrupt=True)
     with pytest.warns(UserWarning, match="img1.jpg"):
-        images, targets = collate([ds[0], ds[1]])
-    assert images.shape[0] == 1 and len(targets) == 1
+        batch = collate([ds[0], ds[1]])
+    assert batch["image"].shape[0] == 1 and len(batch["targets"]) == 1 and batch["name"] == ["img0"]
 
 
 def test_coco_real_annotations_crowd_and_label_map(shared_data):
@@ -96,8 +96,8 @@ def test_coco_real_annotations_crowd_and_label_map(shared_data):
     assert max(ds.category_ids) == 90
     ds91 = CocoDetection(root / "val2017", ann, contiguous_labels=False)
     assert ds91.num_classes == 91
-    image, target = ds[0]
-    assert image.shape == (3, 64, 64) and target["orig_size"] == (ds.records[0].height, ds.records[0].width)
+    item = ds[0]
+    assert item["image"].shape == (3, 64, 64) and item["size"] == (ds.records[0].height, ds.records[0].width)
 
 
 def test_coco_unknown_category_is_a_clear_error(tmp_path, shared_data):
@@ -115,17 +115,17 @@ def test_bccd_zero_area_boxes_are_counted(shared_data):
 
 
 def test_train_transform_keeps_boxes_valid():
-    ds = SyntheticShapes(12, image_size=96, seed=3, transform=train_transform(64))
+    ds = SyntheticDetectionShapes(12, image_size=96, seed=3, transform=train_transform(64))
     for i in range(len(ds)):
-        image, target = ds[i]
-        assert image.shape == (3, 64, 64)
-        boxes = target["boxes"]
-        assert len(boxes) == len(target["labels"])
+        item = ds[i]
+        assert item["image"].shape == (3, 64, 64)
+        boxes = item["boxes"]
+        assert len(boxes) == len(item["labels"])
         if len(boxes):
             assert (boxes[:, 2:] > boxes[:, :2]).all() and boxes.min() >= 0 and boxes.max() <= 64
 
 
 def test_synthetic_is_deterministic():
-    a, b = SyntheticShapes(4, image_size=64, seed=1), SyntheticShapes(4, image_size=64, seed=1)
+    a, b = SyntheticDetectionShapes(4, image_size=64, seed=1), SyntheticDetectionShapes(4, image_size=64, seed=1)
     with warnings.catch_warnings():
         np.testing.assert_array_equal(a.load_image(a.records[2]), b.load_image(b.records[2]))

@@ -5,13 +5,13 @@ import torch
 
 from tasks.detection.cli import main as cli_main
 from tasks.detection.datamodule import DetectionDataModule
-from tasks.detection.datasets import SyntheticShapes, collate
-from tasks.detection.module import SSDLiteModule
+from tasks.detection.datasets import SyntheticDetectionShapes, collate
+from tasks.detection.module import DetectionModule
 from tasks.detection.transforms import train_transform
 
 
 def test_synthetic_objects_are_large_separate_and_coloured():
-    ds = SyntheticShapes(32, image_size=96, seed=5)
+    ds = SyntheticDetectionShapes(32, image_size=96, seed=5)
     for record in ds.records:
         sides = record.boxes[:, 2:] - record.boxes[:, :2]
         assert 1 <= len(record.boxes) <= 3
@@ -37,9 +37,10 @@ def test_synthetic_defaults_are_light():
 
 def test_default_model_loss_falls_in_a_few_steps():
     torch.manual_seed(0)
-    model = SSDLiteModule(num_classes=4)
-    ds = SyntheticShapes(8, image_size=96, seed=0, transform=train_transform(96, "none"))
-    images, targets = collate([ds[i] for i in range(8)])
+    model = DetectionModule(num_classes=4)
+    ds = SyntheticDetectionShapes(8, image_size=96, seed=0, transform=train_transform(96, "none"))
+    batch = collate([ds[i] for i in range(8)])
+    images, targets = batch["image"], batch["targets"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=model.hparams.lr)
     model.train()
     losses = []

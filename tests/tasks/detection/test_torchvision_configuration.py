@@ -7,7 +7,7 @@ from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 from torchvision.ops import box_iou
 
 from backbones.complexity import count_params
-from tasks.detection.module import SSDLiteModule
+from tasks.detection.module import DetectionModule
 from tasks.detection.torchvision_weights import load_torchvision_ssdlite
 
 CONFIG = "configs/detection/coco_ssdlite_mobilenet_v3_large.yaml"
@@ -17,7 +17,7 @@ def test_config_builds_torchvisions_architecture():
     with open(CONFIG) as f:
         model_args = yaml.safe_load(f)["model"]
     model_args["pretrained"] = False  # the config's value already; never download in a test
-    ours = SSDLiteModule(**model_args)
+    ours = DetectionModule(**model_args)
     # The published model (weights=None, weights_backbone=None) uses the reduced tail.
     theirs = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)
     assert ours.backbone.feature_info.channels == (672, 480)
@@ -32,10 +32,10 @@ def test_config_builds_torchvisions_architecture():
     assert reg.shape == (1, 3234, 4) and logits.shape == (1, 3234, 91)  # torchvision's 3234 default boxes
 
 
-def _tv_config_model(**overrides) -> SSDLiteModule:
+def _tv_config_model(**overrides) -> DetectionModule:
     with open(CONFIG) as f:
         model_args = yaml.safe_load(f)["model"]
-    return SSDLiteModule(**{**model_args, **overrides}).eval()
+    return DetectionModule(**{**model_args, **overrides}).eval()
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from tasks.segmentation.cli import main
-from tasks.segmentation.datasets import LISTERS
+from tasks.segmentation.datasets import FORMATS
 
 CONFIG = Path(__file__).parents[3] / "configs" / "segmentation" / "camvid_lraspp_mobilenet_v2.yaml"
 
@@ -15,10 +15,10 @@ CONFIG = Path(__file__).parents[3] / "configs" / "segmentation" / "camvid_lraspp
 def majority_class_miou(root: Path) -> float:
     """mIoU of predicting the most frequent training class everywhere on val (11 classes, 11 ignored)."""
     train = np.zeros(12, np.int64)
-    for sample in LISTERS["camvid"](root, "train"):
+    for sample in FORMATS["camvid"][0](root, "train"):
         train += np.bincount(np.asarray(Image.open(sample.mask)).ravel(), minlength=12)[:12]
     val = np.zeros(12, np.int64)
-    for sample in LISTERS["camvid"](root, "val"):
+    for sample in FORMATS["camvid"][0](root, "val"):
         val += np.bincount(np.asarray(Image.open(sample.mask)).ravel(), minlength=12)[:12]
     majority, val = int(train[:11].argmax()), val[:11]
     # That class: TP = its pixels, FP = all other labelled pixels, so IoU = its share; every other class 0.

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from tasks.segmentation.datamodule import SegmentationDataModule, pad_collate
-from tasks.segmentation.datasets import IGNORE_INDEX, LISTERS, SPECS, Sample, SegmentationDataset
+from tasks.segmentation.datasets import FORMATS, IGNORE_INDEX, Sample, SegmentationDataset
 from tasks.segmentation.transforms import eval_transform, train_transform
 
 
@@ -22,10 +22,10 @@ def _rgb(h: int = 12, w: int = 16) -> np.ndarray:
 
 def test_camvid_sample_lists_and_ignores_unlabelled(shared_data):
     root = shared_data / "segmentation" / "camvid"
-    assert len(LISTERS["camvid"](root, "train")) == 123
-    samples = LISTERS["camvid"](root, "val")
+    assert len(FORMATS["camvid"][0](root, "train")) == 123
+    samples = FORMATS["camvid"][0](root, "val")
     assert len(samples) == 34
-    dataset = SegmentationDataset(samples[:2], 11, SPECS["camvid"].lut, eval_transform())
+    dataset = SegmentationDataset(samples[:2], 11, FORMATS["camvid"][1].lut, eval_transform())
     item = dataset[0]
     raw = np.asarray(Image.open(samples[0].mask)).astype(np.int64)
     assert item["image"].shape == (3, 360, 480)
@@ -37,7 +37,7 @@ def test_camvid_segnet_absolute_paths(tmp_path):
     _png(tmp_path / "train" / "a.png", _rgb())
     _png(tmp_path / "trainannot" / "a.png", np.zeros((12, 16), np.uint8))
     (tmp_path / "train.txt").write_text("/SegNet/CamVid/train/a.png /SegNet/CamVid/trainannot/a.png\n")
-    (sample,) = LISTERS["camvid"](tmp_path, "train")
+    (sample,) = FORMATS["camvid"][0](tmp_path, "train")
     assert sample.image == tmp_path / "train" / "a.png"
 
 
@@ -45,7 +45,7 @@ def test_missing_file_from_list_names_list_and_file(tmp_path):
     _png(tmp_path / "train" / "a.png", _rgb())
     (tmp_path / "train.txt").write_text("train/a.png trainannot/a.png\n")
     with pytest.raises(FileNotFoundError, match=r"train\.txt lists .*trainannot/a\.png"):
-        LISTERS["camvid"](tmp_path, "train")
+        FORMATS["camvid"][0](tmp_path, "train")
 
 
 def test_size_mismatch_names_both_files(tmp_path):
@@ -87,8 +87,8 @@ def test_cityscapes_label_ids_become_train_ids(tmp_path):
     labels = np.array([[7, 8, 26, 33], [0, 1, 6, 30]], np.uint8)
     _png(tmp_path / "leftImg8bit" / "val" / "ulm" / "ulm_01_leftImg8bit.png", _rgb(2, 4))
     _png(tmp_path / "gtFine" / "val" / "ulm" / "ulm_01_gtFine_labelIds.png", labels)
-    samples = LISTERS["cityscapes"](tmp_path, "val")
-    item = SegmentationDataset(samples, 19, SPECS["cityscapes"].lut, eval_transform())[0]
+    samples = FORMATS["cityscapes"][0](tmp_path, "val")
+    item = SegmentationDataset(samples, 19, FORMATS["cityscapes"][1].lut, eval_transform())[0]
     assert item["mask"].tolist() == [[0, 1, 13, 18], [255, 255, 255, 255]]
 
 
@@ -96,8 +96,8 @@ def test_ade20k_shifts_labels_and_ignores_other(tmp_path):
     root = tmp_path / "ADEChallengeData2016"
     Image.fromarray(_rgb(2, 3)).save(_png(root / "images" / "training" / "x.png", _rgb(2, 3)).with_suffix(".jpg"))
     _png(root / "annotations" / "training" / "x.png", np.array([[0, 1, 150], [2, 0, 0]], np.uint8))
-    samples = LISTERS["ade20k"](tmp_path, "train")
-    item = SegmentationDataset(samples, 150, SPECS["ade20k"].lut, eval_transform())[0]
+    samples = FORMATS["ade20k"][0](tmp_path, "train")
+    item = SegmentationDataset(samples, 150, FORMATS["ade20k"][1].lut, eval_transform())[0]
     assert item["mask"].tolist() == [[255, 0, 149], [1, 255, 255]]
 
 
@@ -111,8 +111,8 @@ def test_voc_uses_sbd_train_aug_when_present(tmp_path):
         Image.fromarray(_rgb()).save(_png(voc / "JPEGImages" / f"{name}.png", _rgb()).with_suffix(".jpg"))
         _png(voc / "SegmentationClassAug" / f"{name}.png", np.zeros((12, 16), np.uint8))
     _png(voc / "SegmentationClass" / "a.png", np.zeros((12, 16), np.uint8))
-    assert len(LISTERS["voc"](tmp_path, "train")) == 2
-    assert len(LISTERS["voc"](tmp_path, "train", use_sbd=False)) == 1
+    assert len(FORMATS["voc"][0](tmp_path, "train")) == 2
+    assert len(FORMATS["voc"][0](tmp_path, "train", use_sbd=False)) == 1
 
 
 def test_folder_dataset_and_missing_mask(tmp_path):
@@ -148,7 +148,7 @@ def test_pad_collate_mixes_sizes():
 
 
 def test_synthetic_default_is_deterministic_and_offline():
-    dm = SegmentationDataModule(synthetic_train=4, synthetic_val=2, synthetic_size=32)
+    dm = SegmentationDataModule(synthetic_train_size=4, synthetic_val_size=2, synthetic_size=32)
     dm.setup("fit")
     a, b = dm.datasets["val"][1], dm.datasets["val"][1]
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])

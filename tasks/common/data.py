@@ -1,0 +1,229 @@
+"""What the three data modules share: image suffixes, normalization, the predict folder, loaders, the base.
+
+Every task's data module subclasses `TaskDataModule`, which owns the options all tasks have (batch sizes,
+workers, the predict folder and where predictions go) and the split logic: `setup(stage)` builds the
+splits the stage needs through the task's `build_split(split)`, and `predict` reads `predict_dir` (any
+folder of images, through the task's `predict_transform`) or, without one, the test split.
+
+Batches are dicts: "image" (N, 3, H, W) normalized and "name" (N file stems or synthetic ids, the names
+predictions are written under), plus the task's own keys.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from tasks.common.images import read_rgb
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# ImageNet statistics, which every pretrained backbone here expects.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLITS = ("train", "val", "test", "predict")
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+
+
+def normalize(image: np.ndarray) -> Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32 normalized with the ImageNet mean and std."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (tensor - mean) / std
+
+
+def denormalize(images: Tensor) -> Tensor:
+    """Undo `normalize` for display: (N, 3, H, W) or (3, H, W) -> the same shape in [0, 1]."""
+    shape = (3, 1, 1) if images.ndim == 3 else (1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(shape)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(shape)
+    return (images * std + mean).clamp(0, 1)
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files (by `IMAGE_SUFFIXES`) of a folder, sorted by name.
+
+    Raises:
+        FileNotFoundError: No such folder, or no image in it.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return paths
+
+
+class PredictFolder(Dataset):
+    """The images of a folder, for `predict`, each passed through the task's transform.
+
+    Args:
+        folder: Folder of images (sorted by name; other files are ignored).
+        transform: Callable(image=(H, W, 3) uint8) -> dict with "image", the task's evaluation
+            transform; each item adds "name" (the file stem), "path" and "size" ((H, W) of the file).
+    """
+
+    def __init__(self, folder: str | os.PathLike, transform: Callable[..., dict]) -> None:
+        self.paths = list_images(folder)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.paths[index]
+        image = read_rgb(path)
+        return {
+            "image": self.transform(image=image)["image"],
+            "name": path.stem,
+            "path": str(path),
+            "size": image.shape[:2],
+        }
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    train: bool,
+    num_workers: int = 0,
+    collate_fn: Callable[[list], Any] | None = None,
+) -> DataLoader:
+    """The DataLoader of every task.
+
+    Training shuffles and drops an incomplete last batch when there is more than one batch (a last
+    batch of one image gives batch norm a single sample); evaluation keeps the order and every image.
+
+    Args:
+        dataset: The split.
+        batch_size: Images per batch.
+        train: Shuffle and drop the incomplete last batch.
+        num_workers: Worker processes (kept alive between epochs).
+        collate_fn: Batch builder; None for PyTorch's default.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        drop_last=train and len(dataset) > batch_size,
+        persistent_workers=num_workers > 0,
+    )
+
+
+class TaskDataModule(LightningDataModule):
+    """The shared shape of the task data modules.
+
+    Subclasses set `DATASETS` (the names `dataset` accepts, "synthetic" first) and implement
+    `build_split(split)` ("train", "val" or "test"), `predict_transform()` and, where batches need
+    more than PyTorch's default collation, `collate`. All disk access happens in `setup`.
+
+    Args:
+        dataset: One of the task's `DATASETS`; "synthetic" needs no files.
+        root: Dataset folder (every dataset but "synthetic").
+        synthetic_train_size: Samples of the synthetic training split.
+        synthetic_val_size: Samples of each synthetic evaluation split (validation, test).
+        batch_size: Training batch size.
+        eval_batch_size: Validation / test / predict batch size; None for `batch_size`.
+        num_workers: DataLoader worker processes.
+        predict_dir: Folder of images for `predict`; None predicts the test split.
+        predict_output_dir: Where `predict` writes; None for `<log dir>/predictions` (the run's
+            `runs/<task>/version_N/predictions/`, or `<default_root_dir>/predictions` without a logger).
+    """
+
+    DATASETS: ClassVar[tuple[str, ...]] = ("synthetic",)
+    collate: ClassVar[Callable[[list], Any] | None] = None
+
+    def __init__(
+        self,
+        dataset: str = "synthetic",
+        root: str | None = None,
+        synthetic_train_size: int = 64,
+        synthetic_val_size: int = 16,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        predict_dir: str | None = None,
+        predict_output_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if dataset not in self.DATASETS:
+            raise ValueError(f"unknown {self.task} dataset '{dataset}'; choose one of {', '.join(self.DATASETS)}")
+        if dataset != "synthetic" and root is None:
+            raise ValueError(f"{self.task} dataset '{dataset}' needs --data.root (the folder that holds it)")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        self.save_hyperparameters()
+        self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def task(self) -> str:
+        """The task's name for messages ("depth", "segmentation", "detection")."""
+        return type(self).__name__.removesuffix("DataModule").lower()
+
+    def build_split(self, split: str) -> Dataset:
+        """The dataset of "train", "val" or "test" (augmented for "train")."""
+        raise NotImplementedError
+
+    def predict_transform(self) -> Callable[..., dict]:
+        """Callable(image=(H, W, 3) uint8) -> {"image": (3, h, w), ...}, for the images of `predict_dir`."""
+        raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        """Build the splits the stage needs (all disk access happens here)."""
+        for split in STAGE_SPLITS[stage]:
+            if split in self.datasets:
+                continue
+            if split == "predict":
+                folder = self.hparams.predict_dir
+                self.datasets[split] = (
+                    PredictFolder(folder, self.predict_transform()) if folder else self.build_split("test")
+                )
+            else:
+                self.datasets[split] = self.build_split(split)
+
+    def _loader(self, split: str) -> DataLoader:
+        hp = self.hparams
+        train = split == "train"
+        return make_loader(
+            self.datasets[split],
+            hp.batch_size if train else hp.eval_batch_size or hp.batch_size,
+            train=train,
+            num_workers=hp.num_workers,
+            collate_fn=type(self).collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, augmented training batches."""
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches, in order."""
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches, in order."""
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """The images of `predict_dir`, or the test split, in order."""
+        return self._loader("predict")
+
+
+def stack_batch(samples: Sequence[dict], keys: Sequence[str]) -> dict:
+    """Stack the tensors under `keys` and list every other value, for a dict batch."""
+    batch: dict = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        batch[key] = torch.stack(values) if key in keys else values
+    return batch
