@@ -68,8 +68,8 @@ import segmentation_models_pytorch as smp
 
 import backbones.dropin  # the explicit line
 import tests.models
-from tests.encoders.base import BaseEncoderTester
-from tests.models.base import BaseModelTester
+from tests.encoders import base as encoder_base  # modules, not classes: pytest would collect the bases
+from tests.models import base as model_base
 
 _create_model = smp.create_model
 
@@ -90,7 +90,7 @@ def _module_text(names: list[str], model_encoder: str) -> str:
     lines = [_HEADER]
     for name in names:
         cls = "TestLw_" + name
-        lines.append(f"class {cls}(BaseEncoderTester):\n    encoder_names = [{'lw-' + name!r}]\n\n")
+        lines.append(f"class {cls}(encoder_base.BaseEncoderTester):\n    encoder_names = [{'lw-' + name!r}]\n\n")
     lines.append(
         f"""
 def _model_testers():
@@ -99,7 +99,8 @@ def _model_testers():
             continue
         module = importlib.import_module(f"tests.models.{{info.name}}")
         for cls_name, cls in inspect.getmembers(module, inspect.isclass):
-            if issubclass(cls, BaseModelTester) and cls is not BaseModelTester and cls.__module__ == module.__name__:
+            base = model_base.BaseModelTester
+            if issubclass(cls, base) and cls is not base and cls.__module__ == module.__name__:
                 yield info.name, cls_name, cls
 
 

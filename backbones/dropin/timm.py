@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from backbones._base import resolve_out_indices
 from backbones._features import FeatureInfo
 from backbones._registry import create_backbone, get_backbone_entry, list_backbones
+from backbones._scriptable import not_scriptable
 from backbones._timm_internals import TimmFeatureInfo, feature_take_indices
 
 TIMM_PREFIX = "lw_"
@@ -159,6 +160,14 @@ class LiteDenseTimmModel(nn.Module):
         self.num_classes = 0
         self.num_features = natural.channels[-1]
         self.in_chans = in_chans
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """Refuse `torch.jit.script` with the error TorchScript callers catch (its forward is Python-only).
+
+        Raises:
+            RuntimeError: Always; smp's `lw-<name>` encoders of timm-built families do script.
+        """
+        raise not_scriptable(f"timm model '{self.name}'")
 
     def forward_intermediates(
         self,
