@@ -129,7 +129,7 @@ def rewrite_hard_swish(model: onnx.ModelProto) -> int:
         if id(node) not in replacement:  # the HardSigmoid of a decomposed pair: emitted with its Mul
             continue
         x, y, base = replacement[id(node)]
-        shifted, clipped, product = (_unique_name(f"{base}_{s}", taken) for s in ("add3", "relu6", "mul"))
+        shifted, clipped, product = (_unique_name(f"{base}_{s}_output", taken) for s in ("add3", "relu6", "mul"))
         new_nodes += [
             helper.make_node("Add", [x, constants["three"]], [shifted], name=_unique_name(f"{base}_add3", taken)),
             helper.make_node(
