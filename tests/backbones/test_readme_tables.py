@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from backbones import list_backbones
-from backbones._readme import replace_generated_block
+from tools.readme import replace_generated_block
 
 README = Path(__file__).parents[2] / "README.md"
 

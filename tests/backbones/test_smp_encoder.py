@@ -1,4 +1,7 @@
-"""Every backbone as an smp encoder ("lw-<name>"): contract, numbers against smp's timm encoder, matrix, errors."""
+"""Every backbone as an smp encoder ("lw-<name>"): registration, contract, numbers against smp, matrix, errors."""
+
+import subprocess
+import sys
 
 import pytest
 import segmentation_models_pytorch as smp
@@ -6,14 +9,58 @@ import segmentation_models_pytorch.encoders as smp_encoders
 import torch
 
 import backbones
-from backbones._smp_encoder import LiteDenseEncoder, UnknownEncoderError
-from backbones.compat_table import ARCHITECTURES, check_combination, configurations
+import backbones.dropin  # the explicit line the README shows
+from backbones.dropin import LiteDenseEncoder, smp_variant_name
+from tools.compat_table import ARCHITECTURES, check_combination, configurations
 
 NAMES = backbones.list_backbones()
 
 
-def test_every_backbone_is_listed_by_smp():
-    assert {f"lw-{n}" for n in NAMES} <= set(smp_encoders.get_encoder_names())
+def test_import_backbones_touches_no_other_library():
+    # In a fresh interpreter: our registry fills, smp is not imported, timm's registry has none of ours.
+    code = (
+        "import sys, backbones, timm; "
+        "assert 'segmentation_models_pytorch' not in sys.modules; "
+        "assert backbones.list_backbones() and not timm.list_models('lw_*'); "
+        "import backbones.dropin, segmentation_models_pytorch as smp; "
+        "assert timm.list_models('lw_*') and 'lw-mobilenet_v2' in smp.encoders.get_encoder_names()"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_smp_functions_are_smps_own():
+    # The drop-in adds table entries only: every get_encoder smp's modules hold is smp's function.
+    for module_name, module in list(sys.modules.items()):
+        if module_name.startswith("segmentation_models_pytorch") and hasattr(module, "get_encoder"):
+            assert module.get_encoder.__module__ == "segmentation_models_pytorch.encoders", module_name
+
+
+def test_every_backbone_and_variant_is_listed_by_smp():
+    names = set(smp_encoders.get_encoder_names())
+    assert {f"lw-{n}" for n in NAMES} <= names
+    for name in NAMES:
+        for options in backbones.get_backbone_entry(name).variants:
+            assert smp_variant_name(name, **options) in names
+    assert backbones.dropin.register() == {"timm": [], "smp": []}  # idempotent
+
+
+@pytest.mark.parametrize(
+    "smp_name,name,options",
+    [
+        ("lw-mobilenet_v2_050", "mobilenet_v2", dict(width_mult=0.5)),
+        ("lw-mobilenet_v2_140", "mobilenet_v2", dict(width_mult=1.4)),
+        ("lw-shufflenet_v1_g8_050", "shufflenet_v1", dict(groups=8, width_mult=0.5)),
+        ("lw-shufflenet_v1_g1", "shufflenet_v1", dict(groups=1)),
+        ("lw-mobilenet_v3_large_075_reduced_tail", "mobilenet_v3_large", dict(width_mult=0.75, reduced_tail=True)),
+    ],
+)
+def test_named_variant_is_the_family_option(smp_name, name, options):
+    assert smp_variant_name(name, **options) == smp_name
+    model = smp.Unet(smp_name, encoder_weights=None, classes=2)
+    reference = backbones.create_backbone(name, **options)
+    # The canonical levels: the deepest tap at each stride (shufflenet taps twice at stride 32).
+    deepest = {s: c for c, s in zip(reference.feature_info.channels, reference.feature_info.strides)}
+    assert model.encoder.out_channels == [3, *([0] if 2 not in deepest else []), *deepest.values()]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -27,13 +74,6 @@ def test_encoder_contract(name):
     assert [f.shape[-1] for f in features] == [64, 32, 16, 8, 4, 4]
 
 
-def test_names_imported_before_backbones_still_work():
-    # `from smp.encoders import get_encoder` done before `import backbones` keeps smp's function: it builds
-    # our encoder from smp's table (no family options, no weights) rather than failing.
-    encoder = smp_encoders.get_encoder._litedense_original("lw-mobilenet_v2", depth=3, output_stride=16)
-    assert isinstance(encoder, LiteDenseEncoder) and encoder.output_stride == 8
-
-
 def _copy_timm_weights(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
     # Ours nests the same timm network deeper: encoder.model.backbone.model.<timm key>.
     prefix = "model.backbone.model."
@@ -41,15 +81,16 @@ def _copy_timm_weights(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
     ours.load_state_dict(state)
 
 
-@pytest.mark.parametrize("depth,output_stride", [(5, 16), (4, 8), (3, 32)])
-def test_lw_mobilenet_v2_matches_smp_timm_encoder(depth, output_stride):
+@pytest.mark.parametrize("depth,output_stride,in_channels", [(5, 16, 3), (4, 8, 1), (3, 32, 4)])
+def test_lw_mobilenet_v2_matches_smp_timm_encoder(depth, output_stride, in_channels):
     # Reference: smp's own timm encoder of the same network, given the same weights.
-    ours = smp_encoders.get_encoder("lw-mobilenet_v2", depth=depth, output_stride=output_stride).eval()
-    theirs = smp_encoders.get_encoder("tu-mobilenetv2_100", depth=depth, output_stride=output_stride).eval()
+    kwargs = dict(depth=depth, output_stride=output_stride, in_channels=in_channels)
+    ours = smp_encoders.get_encoder("lw-mobilenet_v2", **kwargs).eval()
+    theirs = smp_encoders.get_encoder("tu-mobilenetv2_100", **kwargs).eval()
     _copy_timm_weights(ours, theirs)
     assert ours.out_channels == theirs.out_channels
     assert ours.output_stride == theirs.output_stride
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, in_channels, 64, 64)
     with torch.no_grad():
         for a, b in zip(ours(x), theirs(x)):
             torch.testing.assert_close(a, b)
@@ -81,37 +122,42 @@ def test_full_matrix(name, arch):
         check_combination(name, arch, **setting)
 
 
-def test_family_option_reaches_the_backbone():
-    model = smp.DeepLabV3Plus("lw-mobilenet_v2", encoder_weights=None, classes=2, width_mult=0.5)
+def test_family_options_through_tu_kwargs_equal_the_named_variant():
+    torch.manual_seed(0)
+    named = smp.DeepLabV3Plus("lw-mobilenet_v2_050", encoder_weights=None, classes=2).eval()
+    tu = smp.DeepLabV3Plus("tu-lw_mobilenet_v2", encoder_weights=None, classes=2, width_mult=0.5).eval()
     reference = backbones.create_backbone("mobilenet_v2", width_mult=0.5)
-    assert model.encoder.out_channels == [3, *reference.feature_info.channels]
-    # The same option through smp's timm path.
-    tu = smp.Unet("tu-lw_mobilenet_v2", encoder_weights=None, classes=2, width_mult=0.5)
-    assert tu.encoder.out_channels == model.encoder.out_channels
+    assert named.encoder.out_channels == tu.encoder.out_channels == [3, *reference.feature_info.channels]
+    # One network under both names (encoder.model.backbone.model.<timm key>): the same keys and, given the
+    # same weights, the same output.
+    named.load_state_dict(tu.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(named(x), tu(x), rtol=0, atol=0)
 
 
 def test_save_pretrained_and_state_dict_round_trip(tmp_path):
     torch.manual_seed(0)
-    model = smp.DeepLabV3Plus("lw-mobilenet_v2", encoder_weights=None, classes=3, width_mult=0.5).eval()
+    model = smp.DeepLabV3Plus("lw-mobilenet_v2_050", encoder_weights=None, classes=3).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)
     model.save_pretrained(tmp_path / "hub")
     loaded = smp.from_pretrained(str(tmp_path / "hub")).eval()
-    assert isinstance(loaded.encoder, LiteDenseEncoder)
+    assert isinstance(loaded.encoder, LiteDenseEncoder) and loaded.encoder.out_channels == model.encoder.out_channels
     torch.save(model.state_dict(), tmp_path / "model.pth")
-    fresh = smp.DeepLabV3Plus("lw-mobilenet_v2", encoder_weights=None, classes=3, width_mult=0.5).eval()
+    fresh = smp.DeepLabV3Plus("lw-mobilenet_v2_050", encoder_weights=None, classes=3).eval()
     fresh.load_state_dict(torch.load(tmp_path / "model.pth", weights_only=True))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
         torch.testing.assert_close(fresh(x), expected, rtol=0, atol=0)
 
 
-def test_encoder_weights_from_local_file(tmp_path):
+def test_local_weights_through_tu_and_timms_overlay(tmp_path):
     source = backbones.create_backbone("mobilenet_v2")
     path = tmp_path / "mobilenetv2_100.pth"
     torch.save(source.model.state_dict(), path)  # timm's layout, as published
-    model = smp.Unet("lw-mobilenet_v2", encoder_weights=str(path), classes=2)
+    model = smp.Unet("tu-lw_mobilenet_v2", encoder_weights=True, classes=2, pretrained_cfg_overlay=dict(file=str(path)))
     loaded = model.encoder.model.backbone.model.state_dict()
     for key, value in source.model.state_dict().items():
         torch.testing.assert_close(loaded[key], value)
@@ -119,57 +165,76 @@ def test_encoder_weights_from_local_file(tmp_path):
 
 def test_imagenet_weights_offline_fail_clearly(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match="could not fetch.*encoder_weights"):
-        smp.Unet("lw-mobilenet_v2", encoder_weights="imagenet", classes=2)
+    with pytest.raises(RuntimeError, match="could not fetch"):
+        smp.Unet("tu-lw_mobilenet_v2", encoder_weights=True, classes=2)
 
 
-def test_dict_path_dilates_and_adapts_channels():
-    # smp's table path (EncoderClass(**params), set_in_channels, make_dilated) must also work.
-    original = smp_encoders.get_encoder._litedense_original
-    encoder = original("lw-mobilenet_v2", in_channels=1, depth=5, weights=None, output_stride=8)
+@pytest.mark.parametrize("weights", ["imagenet", "/some/file.pth"])
+def test_lw_weights_name_the_timm_path(weights):
+    match = r"not available for .lw-mobilenet_v2.*tu-lw_mobilenet_v2.*encoder_weights=True"
+    with pytest.raises(ValueError, match=match):
+        smp.Unet("lw-mobilenet_v2", encoder_weights=weights, classes=2)
+
+
+def test_smps_table_path_dilates_and_adapts_channels():
+    # smp builds lw- encoders as EncoderClass(**params), then set_in_channels and make_dilated.
+    encoder = smp_encoders.get_encoder("lw-mobilenet_v2", in_channels=1, depth=5, weights=None, output_stride=8)
     features = encoder(torch.randn(1, 1, 64, 64))
     assert [f.shape[-1] for f in features] == [64, 32, 16, 8, 8, 8]
-    assert encoder.out_channels[0] == 1
+    assert encoder.out_channels[0] == 1 and encoder.model.backbone.in_chans == 1
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_b0", "mobilenet_v3_small"])
+def test_timm_built_encoders_script_and_match_eager(name):
+    encoder = smp_encoders.get_encoder(f"lw-{name}", depth=5, output_stride=16).eval()
+    assert encoder._is_torch_scriptable
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = encoder(x)  # before scripting: torch.jit.script puts the stand-in in the eager module too
+        scripted = torch.jit.script(encoder)
+        for a, b in zip(scripted(x), expected):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["shufflenet_v2", "ghostnet", "xception", "skipblocknet"])
+def test_other_encoders_declare_and_refuse_torchscript(name):
+    encoder = smp_encoders.get_encoder(f"lw-{name}", depth=5).eval()
+    assert encoder._is_torch_scriptable is False
+    with pytest.raises(RuntimeError, match="not TorchScript-scriptable.*torch.jit.trace"):
+        torch.jit.script(encoder)
+
+
+def test_unet_with_lw_mobilenet_v2_scripts():
+    # smp's Unet declares itself scriptable, so its encoder must script (smp's own model test checks it).
+    model = smp.Unet("lw-mobilenet_v2", encoder_weights=None, decoder_channels=(32, 16, 16, 8, 8)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(torch.jit.script(model)(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_names_keep_smps_error():
+    with pytest.raises(KeyError, match="Wrong encoder name `lw-mobilenetv2`"):
+        smp.Unet("lw-mobilenetv2", encoder_weights=None)
 
 
 @pytest.mark.parametrize(
-    "name,match",
+    "build,error,match",
     [
-        ("lw-mobilenetv2", "did you mean 'lw-mobilenet_v2'"),
-        ("lw_mobilenet_v2", "did you mean 'lw-mobilenet_v2'"),
-        ("tu-lw_mobilenet_v", "did you mean 'lw_mobilenet_v2'"),
+        (lambda: smp.Unet("lw-mobilenet_v2", encoder_weights=None, encoder_depth=6), ValueError, "must be 1 to 5"),
+        (lambda: smp.Unet("lw-mobilenet_v2", encoder_weights="coco"), ValueError, "not available"),
+        (
+            lambda: smp.DeepLabV3("lw-mobilenet_v2", encoder_weights=None, encoder_output_stride=32),
+            ValueError,
+            "8 or 16",
+        ),
+        (lambda: smp.Unet("tu-lw_mobilenet_v2", encoder_weights=None, width_mult=0.3), ValueError, "width_mult 0.3"),
+        (lambda: smp.Unet("tu-lw_mobilenet_v2", encoder_weights=None, groups=3), ValueError, "width_mult"),
     ],
 )
-def test_unknown_names_suggest_close_ones(name, match):
-    with pytest.raises((UnknownEncoderError, ValueError), match=match):
-        smp.Unet(name, encoder_weights=None)
-
-
-def test_unknown_names_keep_smps_error_type():
-    with pytest.raises(KeyError):
-        smp_encoders.get_encoder("lw-nonexistent_net")
-
-
-@pytest.mark.parametrize(
-    "build,match",
-    [
-        (lambda: smp.Unet("lw-mobilenet_v2", encoder_weights=None, groups=3), "family option.*width_mult"),
-        (lambda: smp.FPN("lw-mobilenet_v2", encoder_weights=None, encoder_output_stride=16), "does not take"),
-        (lambda: smp.Unet("lw-mobilenet_v2", encoder_weights=None, encoder_depth=6), "must be 1 to 5"),
-        (lambda: smp.Unet("lw-mobilenet_v2", encoder_weights="coco"), "not available"),
-        (lambda: smp.DeepLabV3("lw-mobilenet_v2", encoder_weights=None, encoder_output_stride=32), "8 or 16"),
-        (lambda: smp.Unet("lw-mobilenet_v2", encoder_weights=None, width_mult=0.3), "width_mult 0.3"),
-    ],
-)
-def test_bad_arguments_fail_clearly(build, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_arguments_fail_clearly(build, error, match):
+    with pytest.raises(error, match=match):
         build()
-
-
-def test_too_small_input_for_pan_fails_clearly():
-    model = smp.PAN("lw-mobilenet_v2", encoder_weights=None, decoder_channels=16).eval()
-    with pytest.raises(ValueError, match="PAN .* at least 128x128"):
-        model(torch.randn(1, 3, 64, 64))
 
 
 def test_wrong_channels_and_indivisible_sizes_fail_clearly():

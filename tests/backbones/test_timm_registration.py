@@ -6,7 +6,8 @@ import timm
 import torch
 
 import backbones
-from backbones._timm_registration import LiteDenseTimmModel, canonical_levels
+import backbones.dropin  # the explicit line the README shows
+from backbones.dropin.timm import LiteDenseTimmModel, canonical_levels
 
 NAMES = backbones.list_backbones()
 
@@ -15,7 +16,7 @@ def test_every_backbone_is_a_timm_model_of_ours():
     assert set(timm.list_models("lw_*")) >= {f"lw_{n}" for n in NAMES}
     for name in NAMES:
         # Ours, not an overwritten timm model of the same name.
-        assert timm.models.model_entrypoint(f"lw_{name}").__module__ == "backbones._timm_registration"
+        assert timm.models.model_entrypoint(f"lw_{name}").__module__ == "backbones.dropin.timm"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -97,6 +98,11 @@ def test_bad_arguments_fail_clearly(kwargs, error, match):
         timm.create_model("lw_mobilenet_v2", **kwargs)
 
 
-def test_unknown_name_in_smp_suggests_close_ones():
-    with pytest.raises(ValueError, match="did you mean 'lw_mobilenet_v2'"):
+def test_unknown_name_through_smp_is_timms_error():
+    with pytest.raises(RuntimeError, match="Unknown model"):
         smp.Unet("tu-lw_mobilenet_v", encoder_weights=None)
+
+
+def test_timm_model_refuses_torchscript_clearly():
+    with pytest.raises(RuntimeError, match="not TorchScript-scriptable"):
+        torch.jit.script(timm.create_model("lw_mobilenet_v2", features_only=True))
