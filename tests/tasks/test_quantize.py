@@ -112,7 +112,10 @@ def test_rule_keeps_documented_ops_float_and_hard_swish_int8(fp32_model, int8_mo
     rewritten = [
         n for n in model.graph.node if n.op_type in ("Add", "Mul") and n.name.endswith(("_add3", "_mul", "_div6"))
     ]
-    assert len(rewritten) == 3 * report.hard_swish_rewritten and all(n.name in wrapped for n in rewritten)
+    # an Add and a Mul each, plus a Mul by 1/6 where it could not be folded into the next convolutions
+    assert 2 * report.hard_swish_rewritten <= len(rewritten) < 3 * report.hard_swish_rewritten and all(
+        n.name in wrapped for n in rewritten
+    )
     # squeeze-excite stays int8: its GlobalAveragePool and the large gating Mul are wrapped
     assert all(n.name in wrapped for n in model.graph.node if n.op_type == "GlobalAveragePool")
     # every Conv is quantized
