@@ -23,7 +23,7 @@ from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 from backbones.complexity import count_params
 from heads.ssdlite import postprocess
 from tasks.detection.losses import ssd_loss
-from tasks.detection.module import SSDLiteModule
+from tasks.detection.module import DetectionModule
 from tasks.detection.torchvision_weights import load_torchvision_ssdlite
 
 SIZE = 320
@@ -63,7 +63,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    ours = SSDLiteModule(
+    ours = DetectionModule(
         backbone="mobilenet_v3_large",
         backbone_kwargs={"reduced_tail": True},  # torchvision's: the last stage at half width
         num_classes=91,

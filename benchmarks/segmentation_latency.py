@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, lraspp_mobilenet_v3_large
 
 from backbones.complexity import count_params
-from tasks.segmentation.module import SegmentationModel
+from tasks.segmentation.module import SegmentationModule
 
 
 class TorchvisionOut(nn.Module):
@@ -45,7 +45,7 @@ def build_models(num_classes: int) -> dict[str, tuple[str, nn.Module]]:
     torchvision_deeplab_head = {"rates": [12, 24, 36], "dropout": 0.5, "extra_conv": True}
 
     def ours(head: str, head_kwargs: dict | None = None) -> nn.Module:
-        return SegmentationModel(
+        return SegmentationModule(
             num_classes=num_classes, backbone="mobilenet_v3_large", head=head, head_kwargs=head_kwargs
         )
 

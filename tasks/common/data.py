@@ -175,6 +175,10 @@ class TaskDataModule(LightningDataModule):
         """The dataset of "train", "val" or "test" (augmented for "train")."""
         raise NotImplementedError
 
+    def synthetic_length(self, split: str) -> int:
+        """Samples of a synthetic split: `synthetic_train_size` for "train", else `synthetic_val_size`."""
+        return self.hparams.synthetic_train_size if split == "train" else self.hparams.synthetic_val_size
+
     def predict_transform(self) -> Callable[..., dict]:
         """Callable(image=(H, W, 3) uint8) -> {"image": (3, h, w), ...}, for the images of `predict_dir`."""
         raise NotImplementedError

@@ -80,13 +80,7 @@ class DepthDataModule(TaskDataModule):
         synthetic_val_size: int = 32,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            dataset,
-            root,
-            synthetic_train_size=synthetic_train_size,
-            synthetic_val_size=synthetic_val_size,
-            **kwargs,
-        )
+        super().__init__(dataset, root, synthetic_train_size, synthetic_val_size, **kwargs)
 
     def _range(self, split: str) -> tuple[int, int | None]:
         hp = self.hparams
@@ -109,9 +103,8 @@ class DepthDataModule(TaskDataModule):
         train = split == "train"
         transform = train_transform(hp.image_size, hp.max_scale) if train else eval_transform(hp.image_size)
         if hp.dataset == "synthetic":
-            length = hp.synthetic_train_size if train else hp.synthetic_val_size
-            height, width = hp.image_size
-            return SyntheticDepthScenes(length, SYNTHETIC_SEEDS[split], height, width, transform=transform)
+            seed, (height, width) = SYNTHETIC_SEEDS[split], hp.image_size
+            return SyntheticDepthScenes(self.synthetic_length(split), seed, height, width, transform=transform)
         if hp.dataset == "rgbd_folder":
             start, stop = self._range(split)
             pairs = folder_pairs(hp.root, hp.color_suffix, hp.depth_suffix, start or 0, stop)

@@ -58,13 +58,7 @@ class DetectionDataModule(TaskDataModule):
         synthetic_val_size: int = 64,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            dataset,
-            root,
-            synthetic_train_size=synthetic_train_size,
-            synthetic_val_size=synthetic_val_size,
-            **kwargs,
-        )
+        super().__init__(dataset, root, synthetic_train_size, synthetic_val_size, **kwargs)
         self.image_size = image_size or (192 if dataset == "synthetic" else 320)
         self.augment = augment if augment is not None else ("flip" if dataset == "synthetic" else "ssd")
         train_transform(self.image_size, self.augment)  # a bad value fails here, not in setup()
@@ -75,9 +69,9 @@ class DetectionDataModule(TaskDataModule):
         train = split == "train"
         transform = train_transform(self.image_size, self.augment) if train else eval_transform(self.image_size)
         if hp.dataset == "synthetic":
-            size = hp.synthetic_train_size if train else hp.synthetic_val_size
+            seed = SYNTHETIC_SEEDS[split]
             return SyntheticDetectionShapes(
-                size, image_size=self.image_size, seed=SYNTHETIC_SEEDS[split], transform=transform
+                self.synthetic_length(split), self.image_size, seed=seed, transform=transform
             )
         name = {"train": hp.train_split, "val": hp.val_split, "test": hp.test_split}[split]
         root = Path(hp.root)

@@ -105,13 +105,7 @@ class SegmentationDataModule(TaskDataModule):
         synthetic_val_size: int = 24,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            dataset,
-            root,
-            synthetic_train_size=synthetic_train_size,
-            synthetic_val_size=synthetic_val_size,
-            **kwargs,
-        )
+        super().__init__(dataset, root, synthetic_train_size, synthetic_val_size, **kwargs)
         if dataset == "folder" and not class_names:
             raise ValueError(
                 "dataset 'folder' needs data.class_names, one per class index (masks hold 0..K-1, 255 ignored)"
@@ -141,8 +135,8 @@ class SegmentationDataModule(TaskDataModule):
             else eval_transform(hp.base_size)
         )
         if hp.dataset == "synthetic":
-            length = hp.synthetic_train_size if train else hp.synthetic_val_size
-            return SyntheticSegmentationShapes(length, SYNTHETIC_SEEDS[split], hp.synthetic_size, transform)
+            seed = SYNTHETIC_SEEDS[split]
+            return SyntheticSegmentationShapes(self.synthetic_length(split), seed, hp.synthetic_size, transform)
         name = {"train": hp.train_split, "val": hp.val_split, "test": hp.test_split}[split]
         root = Path(hp.root)
         if hp.dataset == "folder":

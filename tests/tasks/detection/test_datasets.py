@@ -50,12 +50,12 @@ def test_voc_difficult_zero_area_and_outside_boxes(tmp_path):
     rec = ds.records[0]
     assert rec.difficult.tolist() == [False, True, False]
     np.testing.assert_allclose(rec.boxes[2], [50, 30, 64, 48])
-    image, target = ds[0]
-    assert image.shape == (3, 32, 32)
-    assert target["labels"].tolist() == [1, 2]  # the difficult box is not a training target
+    item = ds[0]
+    assert item["image"].shape == (3, 32, 32) and item["name"] == "img0" and item["size"] == (48, 64)
+    assert item["labels"].tolist() == [1, 2]  # the difficult box is not a training target
     coco = ds.to_coco()
     assert [a["iscrowd"] for a in coco["annotations"]] == [0, 1, 0]
-    _, empty = ds[1]  # an image without boxes
+    empty = ds[1]  # an image without boxes
     assert empty["boxes"].shape == (0, 4)
 
 

@@ -138,11 +138,14 @@ def test_training_crop_pads_with_ignore():
 
 def test_pad_collate_mixes_sizes():
     batch = [
-        {"image": torch.ones(3, 4, 5), "mask": torch.zeros(4, 5, dtype=torch.int64), "path": "a", "size": (4, 5)},
-        {"image": torch.ones(3, 6, 3), "mask": torch.zeros(6, 3, dtype=torch.int64), "path": "b", "size": (6, 3)},
-    ]
+        {"image": torch.ones(3, 4, 5), "mask": torch.zeros(4, 5, dtype=torch.int64), "name": "a", "path": "a.jpg",
+         "size": (8, 10)},
+        {"image": torch.ones(3, 6, 3), "mask": torch.zeros(6, 3, dtype=torch.int64), "name": "b", "path": "b.jpg",
+         "size": (6, 3)},
+    ]  # fmt: skip
     out = pad_collate(batch)
-    assert out["image"].shape == (2, 3, 6, 5) and out["size"] == [(4, 5), (6, 3)]
+    assert out["image"].shape == (2, 3, 6, 5) and out["input_size"] == [(4, 5), (6, 3)]
+    assert out["size"] == [(8, 10), (6, 3)] and out["name"] == ["a", "b"]
     assert (out["mask"][0, 4:] == IGNORE_INDEX).all() and (out["mask"][1, :, 3:] == IGNORE_INDEX).all()
     assert (out["image"][0, :, 4:] == 0).all()
 

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -59,7 +61,7 @@ def test_head_is_sized_from_the_data_at_setup():
     assert model.hparams.num_classes == 11 and model.head.classifier.out_channels == 11
     wrong = SegmentationModule(num_classes=21)
     wrong._trainer = Trainer()
-    with pytest.raises(ValueError, match="predicts 21 classes but the dataset has 11"):
+    with pytest.raises(ValueError, match="predicts 21 classes but the data has 11"):
         wrong.setup("fit")
 
 
@@ -78,6 +80,11 @@ def test_schedules_decay_to_zero(schedule):
         optimizer.step()
         scheduler.step()
     assert lrs[0] == pytest.approx(0.1) and lrs[-1] < 0.02 and all(a >= b for a, b in zip(lrs, lrs[1:]))
+    expected = {
+        "poly": [(1 - s / 10) ** 0.9 for s in range(10)],
+        "cosine": [0.5 * (1 + math.cos(math.pi * s / 10)) for s in range(10)],
+    }
+    assert lrs == pytest.approx([0.1 * f for f in expected[schedule]])
     assert optimizer.param_groups[1]["weight_decay"] == 0.0  # norms and biases
 
 
