@@ -18,6 +18,7 @@ TensorFlow's "same" padding (and eps 1e-3), which the family builders honour (se
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
@@ -396,11 +397,13 @@ class Converted:
         state_dict: Keys in the target layout (timm's for the nets we wrap), classifier included.
         layouts: The layouts recognised, outermost first, e.g. ("litedense", "timm").
         layout: The innermost source layout (whose `bn_eps` / `padding` apply); None when unrecognised.
+        original_keys: Converted key -> the key as stored (for messages; reshaped tensors keep the new key).
     """
 
     state_dict: dict[str, Tensor]
     layouts: tuple[str, ...]
     layout: Layout | None
+    original_keys: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def unknown_layout_message(state_dict: Mapping[str, Tensor], source: str) -> str:
@@ -429,12 +432,19 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], source: str, *, strict:
     """
     seen: list[str] = []
     current = dict(state_dict)
+    # Renaming keeps the tensor objects, so each converted key finds its stored name by identity.
+    stored_name = {id(v): k for k, v in state_dict.items()}
+
+    def done(layout: Layout | None) -> Converted:
+        original = {k: stored_name.get(id(v), k) for k, v in current.items()}
+        return Converted(current, tuple(seen), layout, original)
+
     while True:
         layout = detect_layout(current)
         if layout is None:
             if strict:
                 raise UnknownLayoutError(unknown_layout_message(current, source))
-            return Converted(current, tuple(seen), None)
+            return done(None)
         seen.append(layout.name)
         if layout.name == "litedense":
             current = strip_litedense_prefix(current)
@@ -444,7 +454,7 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], source: str, *, strict:
                 current = _CONVERTERS[layout.name](current)
             except ValueError as err:
                 raise ValueError(f"{source} looks like a {layout.description} checkpoint, but: {err}") from err
-        return Converted(current, tuple(seen), layout)
+        return done(layout)
 
 
 # Checkpoint keys after a backbone's last feature level (classifier heads), left out when identifying a net.

@@ -27,6 +27,20 @@ from backbones._layouts import (
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
+
+class StateDict(dict):
+    """A converted state dict that remembers its source layout and the file's own key names (for messages).
+
+    Attributes:
+        layout: The layout the file was in (None when unrecognised).
+        original_keys: Converted key -> the key as stored in the file.
+    """
+
+    def __init__(self, tensors: Mapping[str, Tensor], layout: Layout | None, original_keys: Mapping[str, str]) -> None:
+        super().__init__(tensors)
+        self.layout, self.original_keys = layout, dict(original_keys)
+
+
 # Keys that wrap a state dict in the checkpoints people publish (training scripts, Lightning, EMA).
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "net", "params")
 # Prefixes added by DataParallel / DistributedDataParallel / torch.compile.
@@ -130,7 +144,8 @@ def _read_checkpoint_cached(shown: str, resolved: str, mtime_ns: int, size: int)
     converted = convert_state_dict(_unwrap(checkpoint, path), shown, strict=False)
     source = metadata.get(CONVERTED_FROM_KEY)
     if source in LAYOUTS:
-        converted = Converted(converted.state_dict, (*converted.layouts, f"converted from {source}"), LAYOUTS[source])
+        layouts = (*converted.layouts, f"converted from {source}")
+        converted = Converted(converted.state_dict, layouts, LAYOUTS[source], converted.original_keys)
     return converted
 
 
@@ -154,7 +169,8 @@ def read_state_dict(path: str | os.PathLike, *, convert: bool = True) -> dict[st
         ValueError: The file is not a state dict, or holds pickled objects.
     """
     if convert:
-        return dict(read_checkpoint(path).state_dict)  # a new dict: callers may filter it
+        converted = read_checkpoint(path)
+        return StateDict(converted.state_dict, converted.layout, converted.original_keys)  # a new dict per call
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
@@ -269,7 +285,12 @@ def load_checked(
         if missing:
             parts.append(f"missing {len(missing)} key(s): {_summarize(missing)}")
         if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {_summarize(unexpected)}")
+            # Name the keys as the file stores them (a converted file's keys were renamed on reading).
+            stored = getattr(state_dict, "original_keys", {})
+            parts.append(f"unexpected {len(unexpected)} key(s): {_summarize(stored.get(k, k) for k in unexpected)}")
+        layout = getattr(state_dict, "layout", None)
+        if layout is not None and layout.target != layout.name:
+            parts.append(f"(the file is a {layout.description} checkpoint, read as {layout.target} keys)")
         if wrong_shape:
             shown = [f"{k} {a} vs expected {b}" for k, (a, b) in sorted(wrong_shape.items())[:8]]
             parts.append(f"{len(wrong_shape)} key(s) of the wrong shape: {'; '.join(shown)}")
