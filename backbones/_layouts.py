@@ -461,57 +461,61 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], source: str, *, strict:
 _HEAD_KEYS = ("classifier.*", "conv_head.*", "bn2.*", "norm_head.*", "fc.*", "head.*", "global_pool.*")
 
 
-def _width_options(name: str) -> list[dict[str, float]]:
-    """Family options of every width a registered backbone supports (its module's width table)."""
-    import sys
+def _variant_options(name: str) -> list[dict[str, object]]:
+    """Family options of the default net and of every registered variant (widths, groups, reduced tail).
 
+    The width and group options are spelt out for the default too, so messages say which width a file is for.
+    """
     from backbones._registry import get_backbone_entry
 
     entry = get_backbone_entry(name)
-    if "width_mult" not in entry.family_options:
-        return [{}]
-    module = sys.modules[entry.builder.__module__]
-    attr = {"mobilenet_v3_large": "_LARGE", "mobilenet_v3_small": "_SMALL"}.get(name)
-    for table_name in [attr] if attr else ["_TIMM_NAMES", "CHANNELS"]:
-        table = getattr(module, table_name, None)
-        if isinstance(table, Mapping):
-            return [{"width_mult": w} for w in table]
-    return [{}]
+    defaults = getattr(entry, "family_defaults", {})
+    shown = {k: defaults[k] for k in ("groups", "width_mult") if k in defaults}
+    return [{**shown, **variant} for variant in ({}, *getattr(entry, "variants", ()))]
 
 
-@functools.lru_cache(maxsize=1)
-def _templates() -> tuple[tuple[str, frozenset[tuple[str, tuple[int, ...]]]], ...]:
-    """(description, {(key, shape)}) of every registered backbone at every width, in its loading layout.
+Shapes = frozenset[tuple[str, tuple[int, ...]]]
 
-    Built on the meta device (no memory, no init cost); cached, since only error messages and the
+
+def _body(items: Iterable[tuple[str, tuple[int, ...]]]) -> Shapes:
+    """(key, shape) pairs less BatchNorm counters and classifier-head keys."""
+    import fnmatch
+
+    return frozenset(
+        (k, shape)
+        for k, shape in items
+        if not k.endswith("num_batches_tracked") and not any(fnmatch.fnmatchcase(k, p) for p in _HEAD_KEYS)
+    )
+
+
+@functools.cache
+def _template(name: str, options: tuple[tuple[str, object], ...]) -> Shapes | None:
+    """The body (key, shape) pairs of one registered backbone variant in its loading layout, or None.
+
+    Built on the meta device (no memory, no initialisation cost) and cached: only error messages and the
     convert command need it.
     """
     import torch
 
-    from backbones._registry import create_backbone, list_backbones
+    from backbones._registry import create_backbone
 
-    templates = []
-    for name in list_backbones():
-        for options in _width_options(name):
-            try:
-                with torch.device("meta"):
-                    backbone = create_backbone(name, **options)
-            except Exception:  # noqa: BLE001  (a variant that cannot be built is simply not a candidate)
-                continue
-            state = backbone.state_dict()
-            if all(k.startswith("model.") for k in state):
-                state = strip_litedense_prefix(state)
-            shapes = frozenset((k, tuple(v.shape)) for k, v in state.items() if not k.endswith("num_batches_tracked"))
-            described = ", ".join(f"{k}={v}" for k, v in options.items())
-            templates.append((f"{name} ({described})" if described else name, shapes))
-    return tuple(templates)
+    try:
+        with torch.device("meta"):
+            backbone = create_backbone(name, **dict(options))
+    except Exception:  # noqa: BLE001  (a variant that cannot be built is simply not a candidate)
+        return None
+    state = backbone.state_dict()
+    if all(k.startswith("model.") for k in state):
+        state = strip_litedense_prefix(state)
+    return _body((k, tuple(v.shape)) for k, v in state.items())
 
 
 def identify_architecture(state_dict: Mapping[str, Tensor]) -> list[str]:
     """Which registered backbones (and widths) a converted state dict holds the weights of.
 
     A net matches when the checkpoint's keys, less its classifier head, are exactly the backbone's keys
-    with the same shapes. EfficientNet's padding variants share their shapes and are not told apart.
+    with the same shapes. Only families whose default net shares most key names with the file are built
+    at their other variants; options that leave every shape alike (EfficientNet's padding) are not told apart.
 
     Args:
         state_dict: Keys in the layout litedense loads (see `convert_state_dict`).
@@ -519,18 +523,18 @@ def identify_architecture(state_dict: Mapping[str, Tensor]) -> list[str]:
     Returns:
         Descriptions such as "mobilenet_v2 (width_mult=1.4)"; empty when none matches.
     """
-    import fnmatch
+    from backbones._registry import list_backbones
 
-    shapes = frozenset(
-        (k, tuple(v.shape))
-        for k, v in state_dict.items()
-        if not k.endswith("num_batches_tracked") and not any(fnmatch.fnmatchcase(k, p) for p in _HEAD_KEYS)
-    )
+    shapes = _body((k, tuple(v.shape)) for k, v in state_dict.items())
+    keys = {k for k, _ in shapes}
     matches = []
-    for description, template in _templates():
-        # Our template may lack head-like keys the net needs as features (e.g. EfficientNet's bn2 at expansion
-        # taps is not built at stage taps), so compare without them on both sides.
-        body = frozenset(item for item in template if not any(fnmatch.fnmatchcase(item[0], p) for p in _HEAD_KEYS))
-        if body == shapes:
-            matches.append(description)
+    for name in list_backbones():
+        variants = _variant_options(name)
+        default = _template(name, tuple(variants[0].items()))
+        if default is None or len(keys & {k for k, _ in default}) < 0.5 * max(len(keys), len(default)):
+            continue  # another family: its variants share even fewer keys
+        for options in variants:
+            if _template(name, tuple(options.items())) == shapes:
+                described = ", ".join(f"{k}={v}" for k, v in options.items())
+                matches.append(f"{name} ({described})" if described else name)
     return matches
