@@ -50,6 +50,34 @@ def test_register_twice_is_an_error():
         backbones.register_backbone("mobilenet_v2", paper="x")(lambda **kw: None)
 
 
+VARIANTS = [(n, v) for n in list_backbones() for v in backbones.get_backbone_entry(n).variants]
+
+
+@pytest.mark.parametrize("name,options", VARIANTS, ids=[f"{n}-{v}" for n, v in VARIANTS])
+def test_every_declared_variant_builds_and_changes_the_network(name, options):
+    # The drop-in names each variant as an smp encoder: each must build, and differ from the default net.
+    with torch.device("meta"):
+        default = create_backbone(name)
+        variant = create_backbone(name, **options)
+    assert variant.feature_info.strides == default.feature_info.strides
+    n_params = [sum(p.numel() for p in m.parameters()) for m in (default, variant)]
+    assert variant.feature_info.channels != default.feature_info.channels or n_params[0] != n_params[1]
+
+
+@pytest.mark.parametrize(
+    "variants,match",
+    [([{"depth": 3}], "must change"), ([{"width_mult": 1.0}], "must change"), ([{}], "must change")],
+)
+def test_variants_must_name_a_non_default_family_setting(variants, match):
+    def builder(*, pretrained=False, output_stride=32, out_indices=None, feature_location="stage", in_chans=3,
+                width_mult=1.0):  # fmt: skip
+        raise AssertionError("not built")
+
+    with pytest.raises(ValueError, match=match):
+        backbones.register_backbone("_test_bad_variant", paper="-", variants=variants)(builder)
+    assert "_test_bad_variant" not in list_backbones()
+
+
 def test_wrong_input_channels_and_rank():
     backbone = create_backbone("mobilenet_v2")
     with pytest.raises(ValueError, match="3-channel input but got 4"):
