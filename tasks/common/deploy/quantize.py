@@ -24,6 +24,7 @@ onnxruntime recommends; the output file is written atomically.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -374,12 +375,19 @@ def quantize_int8(
     rewritten = rewrite_hard_swish(model) if rewrite_activations else 0
     with tempfile.TemporaryDirectory(prefix="litedense_int8_") as tmp_dir:
         pre_path = Path(tmp_dir) / "preprocessed.onnx"
+        # onnxruntime's symbolic shape inference writes scratch files into the working directory and leaves
+        # them there when it fails: run it inside the temporary folder.
+        cwd = os.getcwd()
+        os.chdir(tmp_dir)
         try:
-            quant_pre_process(model, str(pre_path))
-        except Exception:  # noqa: BLE001 -- onnxruntime raises a bare Exception when symbolic inference stops
-            # Its symbolic shape inference gives up on some shape arithmetic (e.g. a decoder's computed upsampling
-            # sizes); ONNX's own shape inference + the graph optimization are what quantization needs.
-            quant_pre_process(model, str(pre_path), skip_symbolic_shape=True)
+            try:
+                quant_pre_process(model, str(pre_path))
+            except Exception:  # noqa: BLE001 -- onnxruntime raises a bare Exception when symbolic inference stops
+                # It gives up on some shape arithmetic (e.g. a decoder's computed upsampling sizes); ONNX's own
+                # shape inference + the graph optimization are what quantization needs.
+                quant_pre_process(model, str(pre_path), skip_symbolic_shape=True)
+        finally:
+            os.chdir(cwd)
         excluded = [*float_nodes(onnx.load(str(pre_path))), *nodes_to_exclude]
         with atomic_path(output_path) as tmp_out:
             quantize_static(
