@@ -1,4 +1,10 @@
-"""Reading images and label maps from disk with errors that name the file."""
+"""Reading images and label maps from disk with errors that name the file.
+
+Every reader honours the EXIF Orientation tag (phone cameras store the sensor's pixels and a tag that
+says how to turn them): the array is the image as a viewer displays it, so a portrait photo saved
+sideways with Orientation=6 is read as portrait. Annotations (masks, depth maps, boxes) must therefore
+be in the displayed image's pixels; `image_size` gives that size without decoding the pixels.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,27 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+# EXIF orientations that turn the image a quarter (the displayed width is the stored height).
+_QUARTER_TURNS = (5, 6, 7, 8)
 
 
 class CorruptImageError(ValueError):
     """An image file cannot be decoded."""
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF Orientation (1..8) of an opened image.
+
+    1 when the tag is absent or the EXIF block unreadable: a broken EXIF block must not make the
+    pixels unreadable.
+    """
+    try:
+        value = int(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except (SyntaxError, ValueError, TypeError, OSError, KeyError):
+        return 1
+    return value if 1 <= value <= 8 else 1
 
 
 def _open(path: str | os.PathLike) -> Image.Image:
@@ -22,14 +44,39 @@ def _open(path: str | os.PathLike) -> Image.Image:
         image.load()  # decode now, so a truncated file fails here and not inside a worker later
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise CorruptImageError(f"cannot decode image {path}: {err}") from err
+    if exif_orientation(image) != 1:
+        ImageOps.exif_transpose(image, in_place=True)  # the pixels as displayed
     return image
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of an image as displayed (EXIF orientation applied), from its header only.
+
+    Args:
+        path: Image file.
+
+    Raises:
+        FileNotFoundError: No such file.
+        CorruptImageError: The header cannot be read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            turned = exif_orientation(image) in _QUARTER_TURNS
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise CorruptImageError(f"cannot decode image {path}: {err}") from err
+    return (width, height) if turned else (height, width)
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read any image as 8-bit RGB.
 
     Grayscale is repeated to 3 channels, alpha is dropped (composited on black), 16-bit images are
-    scaled to 8 bits by their full range, palette images are expanded.
+    scaled to 8 bits by their full range, palette images are expanded, and the EXIF orientation is
+    applied (the array is the image as displayed).
 
     Args:
         path: Image file.
@@ -98,3 +145,24 @@ def read_uint16(path: str | os.PathLike) -> np.ndarray:
             f"as 16-bit integers (an 8-bit PNG is usually a visualisation, not depth)"
         )
     return np.asarray(image).astype(np.uint16)
+
+
+def orientation_note(path: str | os.PathLike, other: tuple[int, int]) -> str:
+    """A hint for a size mismatch caused by EXIF orientation, or "" when that is not the cause.
+
+    Args:
+        path: The photo, read as displayed (EXIF orientation applied).
+        other: (H, W) of the file that should have the photo's size (a mask, a depth map).
+    """
+    try:
+        with Image.open(path) as image:
+            orientation = exif_orientation(image)
+            width, height = image.size
+    except (OSError, SyntaxError, UnidentifiedImageError):
+        return ""
+    if orientation == 1 or (height, width) != tuple(other):
+        return ""
+    return (
+        f"; {path} is stored {width}x{height} with EXIF Orientation={orientation}, which is honoured, so it is "
+        f"read as displayed: annotate the displayed image (or re-save the photo without the tag)"
+    )

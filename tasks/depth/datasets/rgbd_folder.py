@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.common.images import read_rgb, read_uint16
+from tasks.common.images import orientation_note, read_rgb, read_uint16
 from tasks.depth.datasets.base import DepthDataset
 
 Pair = tuple[Path, Path]
@@ -151,6 +151,7 @@ class RGBDPairDataset(DepthDataset):
             raise ValueError(
                 f"colour {color} is {image.shape[1]}x{image.shape[0]} but depth {depth_path} is "
                 f"{depth.shape[1]}x{depth.shape[0]}; they must be registered at the same size"
+                f"{orientation_note(color, depth.shape)}"
             )
         # Frame names repeat across KITTI drives and NYU scenes; the index keeps outputs apart.
         return image, depth, f"{index:06d}_{color.name.split('.')[0]}", str(color)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tasks.common.images import read_label_map, read_rgb
+from tasks.common.images import orientation_note, read_label_map, read_rgb
 
 IGNORE_INDEX = 255
 
@@ -122,6 +122,7 @@ class SegmentationDataset(Dataset):
             raise ValueError(
                 f"mask {sample.mask} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image {sample.image} is "
                 f"{shape[1]}x{shape[0]}; a label map must have its image's size"
+                f"{orientation_note(sample.image, raw.shape)}"
             )
         bad = np.unique(raw[(raw < 0) | (raw >= len(self.lut))])
         mapped = self.lut[np.clip(raw, 0, len(self.lut) - 1)]
