@@ -9,7 +9,9 @@ does not need a real photo, a synthetic one runs everywhere. The list users read
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +127,144 @@ def test_2_predict_folder_and_segmentation_see_the_displayed_photo(tmp_path):
     with pytest.raises(ValueError, match="EXIF Orientation=6"):
         dataset[1]
     assert read_label_map(good).shape == (90, 60)
+
+
+# --- 3. VOC <size> headers are not trusted; box fixes name the XML; inverted boxes are called inverted --
+
+
+def _voc_folder(root: Path, images: dict[str, Path], split: str = "train") -> Path:
+    """A VOC folder of copies of the given (image, XML) pairs, keyed by stem, listed in `split`."""
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for stem, xml in images.items():
+        shutil.copy(xml, root / "Annotations" / f"{stem}.xml")
+        shutil.copy(xml.parent.parent / "JPEGImages" / f"{stem}.jpg", root / "JPEGImages" / f"{stem}.jpg")
+    (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{s}\n" for s in images))
+    return root
+
+
+def _synthetic_voc(root: Path, objects: list[tuple[str, list[int]]], size=(90, 60), header=(90, 60)) -> Path:
+    """A one-image VOC folder: a synthetic photo of `size` (W, H) whose XML says `header` (W, H)."""
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(_smooth_photo(size[1], size[0])).save(root / "JPEGImages" / "img.jpg")
+    body = "".join(
+        f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+        for name, b in objects
+    )
+    (root / "Annotations" / "img.xml").write_text(
+        f"<annotation><filename>img.jpg</filename><size><width>{header[0]}</width><height>{header[1]}</height>"
+        f"</size>{body}</annotation>"
+    )
+    (root / "ImageSets" / "Main" / "train.txt").write_text("img\n")
+    return root
+
+
+def _load_voc(root: Path, **kwargs):
+    from tasks.detection.datasets import VocDetection
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = VocDetection(root, "train", **kwargs)
+    return dataset, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("header", [(0, 0), (45, 30), (200, 100)])
+def test_3_voc_size_header_is_read_from_the_image_synthetic(tmp_path, header):
+    boxes = [[10, 5, 80, 50], [60, 40, 88, 58]]
+    root = _synthetic_voc(tmp_path / "voc", [("cell", b) for b in boxes], header=header)
+    dataset, messages = _load_voc(root, classes=["cell"])
+    record = dataset.records[0]
+    assert (record.width, record.height) == (90, 60)  # the image's, not the header's
+    np.testing.assert_array_equal(record.boxes, np.asarray(boxes, np.float32))  # none clipped or dropped
+    xml = str(root / "Annotations" / "img.xml")
+    assert any(xml in m and f"<size> {header[0]}x{header[1]}" in m and "image 90x60" in m for m in messages)
+    assert not any("dropped" in m or "clipped" in m for m in messages)
+    gt = dataset.to_coco()["images"][0]
+    assert (gt["width"], gt["height"]) == (90, 60)
+
+
+def test_3_voc_size_header_is_read_from_a_rotated_phone_photo(tmp_path):
+    """A phone photo's XML made on the stored (landscape) pixels: the displayed size wins, with a warning."""
+    root = _synthetic_voc(tmp_path / "voc", [("cell", [5, 5, 40, 40])], header=(90, 60))
+    _save_with_orientation(_smooth_photo(60, 90), root / "JPEGImages" / "img.jpg", 6)
+    dataset, messages = _load_voc(root, classes=["cell"])
+    assert (dataset.records[0].width, dataset.records[0].height) == (60, 90)
+    assert any("<size> 90x60, image 60x90" in m for m in messages)
+
+
+def test_3_box_warnings_name_the_xml_and_call_inverted_boxes_inverted(tmp_path):
+    objects = [
+        ("cell", [10, 5, 80, 50]),
+        ("cell", [50, 5, 20, 50]),
+        ("cell", [30, 30, 30, 40]),
+        ("cell", [0, 0, 95, 50]),
+    ]
+    root = _synthetic_voc(tmp_path / "voc", objects)
+    dataset, messages = _load_voc(root, classes=["cell"])
+    xml = str(root / "Annotations" / "img.xml")
+    (message,) = [m for m in messages if "box(es)" in m]
+    assert f"1 box(es) dropped as inverted (xmax < xmin or ymax < ymin): {xml}" in message
+    assert f"1 box(es) dropped for zero area (xmax == xmin or ymax == ymin): {xml}" in message
+    assert f"1 box(es) clipped to the image (they extended outside it): {xml}" in message
+    np.testing.assert_array_equal(dataset.records[0].boxes, [[10, 5, 80, 50], [0, 0, 90, 50]])
+
+
+def test_3_real_voc_with_zero_size_wrong_size_and_an_inverted_box(tmp_path, shared_data):
+    bccd = _bccd(shared_data)
+    stems = ["BloodImage_00000", "BloodImage_00001", "BloodImage_00002"]
+    root = _voc_folder(tmp_path / "voc", {s: bccd / "Annotations" / f"{s}.xml" for s in stems})
+    original, _ = _load_voc(root)
+    xml = [root / "Annotations" / f"{s}.xml" for s in stems]
+    xml[0].write_text(xml[0].read_text().replace("<width>640</width>", "<width>0</width>").replace(
+        "<height>480</height>", "<height>0</height>"))  # fmt: skip
+    xml[1].write_text(xml[1].read_text().replace("<width>640</width>", "<width>320</width>"))
+    text = xml[2].read_text()
+    first = text.index("<xmin>")
+    xmin = text[first + 6 : text.index("</xmin>", first)]
+    xmax_at = text.index("<xmax>")
+    xmax = text[xmax_at + 6 : text.index("</xmax>", xmax_at)]
+    swapped = text[:first] + f"<xmin>{xmax}</xmin>" + text[first:].replace(f"<xmin>{xmin}</xmin>", "", 1)
+    swapped = swapped.replace(f"<xmax>{xmax}</xmax>", f"<xmax>{xmin}</xmax>", 1)
+    xml[2].write_text(swapped)
+
+    damaged, messages = _load_voc(root)
+    for before, after in zip(original.records[:2], damaged.records[:2]):  # header damage changes nothing
+        assert (after.width, after.height) == (640, 480)
+        np.testing.assert_array_equal(after.boxes, before.boxes)
+    assert len(damaged.records[2].boxes) == len(original.records[2].boxes) - 1
+    resized = next(m for m in messages if "<size>" in m)
+    assert f"{xml[0]} (<size> 0x0, image 640x480)" in resized and f"{xml[1]} (<size> 320x480" in resized
+    assert any(f"dropped as inverted (xmax < xmin or ymax < ymin): {xml[2]}" in m for m in messages)
+
+
+# --- 4. A misspelled class does not silently become an extra class ------------------------------------
+
+
+def test_4_misspelled_class_is_refused_with_counts_and_the_file_synthetic(tmp_path):
+    objects = [("Platelets", [1, 1, 20, 20])] * 3 + [("RBC", [30, 30, 60, 50])] * 2 + [("Platlets", [5, 5, 9, 9])]
+    root = _synthetic_voc(tmp_path / "voc", objects)
+    with pytest.raises(ValueError) as info:
+        _load_voc(root)
+    message = str(info.value)
+    assert "Platelets (3), Platlets (1), RBC (2)" in message
+    assert "'Platlets' (1 box(es), in img.xml) looks like a misspelling of 'Platelets' (3 box(es))" in message
+    assert "--data.classes" in message
+    # Naming the classes decides: the misspelling is then an unknown class, named with its file.
+    with pytest.raises(ValueError, match=r"img.xml: object class\(es\) \['Platlets'\] are not in the class list"):
+        _load_voc(root, classes=["Platelets", "RBC"])
+    # Distinct names that merely look alike at a glance (RBC / WBC) are classes, not misspellings.
+    root = _synthetic_voc(tmp_path / "ok", [("RBC", [1, 1, 20, 20]), ("WBC", [30, 30, 60, 50])])
+    dataset, _ = _load_voc(root)
+    assert dataset.class_names == ["__background__", "RBC", "WBC"]
+
+
+def test_4_misspelled_class_in_a_real_voc_file(tmp_path, shared_data):
+    bccd = _bccd(shared_data)
+    stems = ["BloodImage_00000", "BloodImage_00001"]
+    root = _voc_folder(tmp_path / "voc", {s: bccd / "Annotations" / f"{s}.xml" for s in stems})
+    path = root / "Annotations" / "BloodImage_00001.xml"
+    path.write_text(path.read_text().replace("<name>RBC</name>", "<name>rbc</name>", 1))
+    with pytest.raises(ValueError, match=r"'rbc' \(1 box\(es\), in BloodImage_00001.xml\) looks like a misspelling"):
+        _load_voc(root)

@@ -37,35 +37,75 @@ class Record:
     difficult: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
-def sanitize_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Clip boxes to the image and find the degenerate ones.
+# Why a box was changed or dropped while loading, in the order the warning lists them.
+FIX_KINDS = {
+    "clipped": "clipped to the image (they extended outside it)",
+    "inverted": "dropped as inverted (xmax < xmin or ymax < ymin)",
+    "zero_area": "dropped for zero area (xmax == xmin or ymax == ymin)",
+    "outside": "dropped as lying wholly outside the image",
+}
+
+
+def sanitize_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Clip boxes to the image and find the ones that cannot be trained on.
 
     Args:
-        boxes: (G, 4) x1y1x2y2 in pixels.
+        boxes: (G, 4) x1y1x2y2 in pixels, as stored.
         width: Image width.
         height: Image height.
 
     Returns:
-        The clipped boxes, a (G,) keep mask (positive area after clipping), the number of boxes that
-        had to be clipped and the number dropped.
+        The clipped boxes, a (G,) keep mask and the number of boxes of each `FIX_KINDS` kind: kept but
+        clipped; dropped because inverted (a corner swap is a guess, so they are not repaired), of
+        zero area as stored, or of zero area only after clipping (outside the image).
     """
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    zero_area = ~inverted & ((boxes[:, 2] == boxes[:, 0]) | (boxes[:, 3] == boxes[:, 1]))
     clipped = boxes.copy()
     clipped[:, 0::2] = clipped[:, 0::2].clip(0, width)
     clipped[:, 1::2] = clipped[:, 1::2].clip(0, height)
-    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1]) & ~inverted
+    outside = ~keep & ~inverted & ~zero_area
     changed = np.any(clipped != boxes, axis=1) & keep
-    return clipped, keep, int(changed.sum()), int((~keep).sum())
+    counts = {"clipped": changed, "inverted": inverted, "zero_area": zero_area, "outside": outside}
+    return clipped, keep, {kind: int(mask.sum()) for kind, mask in counts.items()}
 
 
-def warn_box_fixes(source: str, num_clipped: int, num_dropped: int) -> None:
-    """One warning that counts the boxes clipped to the image and dropped for zero area."""
-    if num_clipped or num_dropped:
-        warnings.warn(
-            f"{source}: clipped {num_clipped} box(es) that extended outside their image and dropped "
-            f"{num_dropped} box(es) of zero area (after clipping)",
-            stacklevel=3,
-        )
+class BoxFixes:
+    """Counts of the boxes changed while loading, per annotation file, reported in one warning.
+
+    Args:
+        source: The dataset's list or annotation file, named first in the warning.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.files: dict[str, dict[str, int]] = {kind: {} for kind in FIX_KINDS}
+
+    def add(self, where: str, counts: dict[str, int]) -> None:
+        """Record `sanitize_boxes`' counts for one annotation file (or one image of a JSON)."""
+        for kind, count in counts.items():
+            if count:
+                self.files[kind][where] = self.files[kind].get(where, 0) + count
+
+    def message(self, listed: int = 5) -> str | None:
+        """The warning text: per kind, the total and the files it happened in (the first `listed`)."""
+        parts = []
+        for kind, text in FIX_KINDS.items():
+            files = self.files[kind]
+            if not files:
+                continue
+            names = [f"{name} ({count})" if count > 1 else name for name, count in list(files.items())[:listed]]
+            more = f" and {len(files) - listed} more file(s)" if len(files) > listed else ""
+            parts.append(f"{sum(files.values())} box(es) {text}: {', '.join(names)}{more}")
+        return f"{self.source}: " + "; ".join(parts) if parts else None
+
+    def warn(self) -> None:
+        """One warning for the whole dataset, or none when nothing was changed."""
+        message = self.message()
+        if message:
+            warnings.warn(message, stacklevel=3)
 
 
 class DetectionDataset(Dataset):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools.coco import COCO
 
-from tasks.detection.datasets.base import DetectionDataset, Record, sanitize_boxes, warn_box_fixes
+from tasks.detection.datasets.base import BoxFixes, DetectionDataset, Record, sanitize_boxes
 
 
 def load_coco(annotation_file: str | os.PathLike) -> COCO:
@@ -75,7 +75,7 @@ class CocoDetection(DetectionDataset):
             self.class_names = ["__background__"] + [names.get(i, f"unused_{i}") for i in range(1, max(names) + 1)]
         label_of = {cid: label for label, cid in enumerate(self.category_ids) if label > 0}
         self.records = []
-        clipped = dropped = 0
+        fixes = BoxFixes(self.annotation_file)
         for image_id in sorted(self.coco.imgs):
             info = self.coco.imgs[image_id]
             boxes, labels = [], []
@@ -90,8 +90,8 @@ class CocoDetection(DetectionDataset):
                 x, y, w, h = ann["bbox"]
                 boxes.append([x, y, x + w, y + h])
                 labels.append(label_of[ann["category_id"]])
-            boxes, keep, n_clip, n_drop = sanitize_boxes(np.asarray(boxes), info["width"], info["height"])
-            clipped, dropped = clipped + n_clip, dropped + n_drop
+            boxes, keep, counts = sanitize_boxes(np.asarray(boxes), info["width"], info["height"])
+            fixes.add(f"image {image_id} ({info['file_name']})", counts)
             self.records.append(
                 Record(
                     image_id,
@@ -102,7 +102,7 @@ class CocoDetection(DetectionDataset):
                     np.asarray(labels, dtype=np.int64)[keep],
                 )
             )
-        warn_box_fixes(self.annotation_file, clipped, dropped)
+        fixes.warn()
 
     def to_coco(self) -> dict:
         """The original annotations (crowd regions included, so pycocotools ignores them as usual)."""

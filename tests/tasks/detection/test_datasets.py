@@ -44,7 +44,7 @@ def test_voc_difficult_zero_area_and_outside_boxes(tmp_path):
             [],
         ],
     )
-    with pytest.warns(UserWarning, match="clipped 1 box.*dropped 1 box"):
+    with pytest.warns(UserWarning, match=r"1 box\(es\) clipped.*img0.xml; 1 box\(es\) dropped for zero area.*img0.xml"):
         ds = VocDetection(root, "train", transform=eval_transform(32))
     assert ds.class_names == ["__background__", "cat", "dog"]
     rec = ds.records[0]
@@ -73,9 +73,8 @@ def test_voc_bad_inputs_name_the_file(tmp_path):
 def test_corrupt_image_error_or_skip(tmp_path):
     root = _voc(tmp_path, [[("cat", 0, (1, 2, 30, 40))], [("cat", 0, (1, 2, 30, 40))]])
     (root / "JPEGImages" / "img1.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    ds = VocDetection(root, "train", transform=eval_transform(32))
-    with pytest.raises(CorruptImageError, match="img1.jpg"):
-        ds[1]
+    with pytest.raises(CorruptImageError, match="img1.jpg"):  # its size is read at setup (issue 14.3)
+        VocDetection(root, "train", transform=eval_transform(32))
     ds = VocDetection(root, "train", transform=eval_transform(32), skip_corrupt=True)
     with pytest.warns(UserWarning, match="img1.jpg"):
         batch = collate([ds[0], ds[1]])
@@ -110,7 +109,10 @@ def test_coco_unknown_category_is_a_clear_error(tmp_path, shared_data):
 
 
 def test_bccd_zero_area_boxes_are_counted(shared_data):
-    with pytest.warns(UserWarning, match="dropped 2 box"):
+    # The README's known quirk: the warning names both XML files (issue 14.3).
+    with pytest.warns(
+        UserWarning, match=r"2 box\(es\) dropped for zero area.*BloodImage_00338.xml.*BloodImage_00343.xml"
+    ):
         VocDetection(shared_data / "detection/bccd/BCCD", "trainval")
 
 
