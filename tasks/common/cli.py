@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import lazy_instance
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+
+from tasks.common.checkpoints import CheckpointError, check_checkpoint, resolve_last
 
 
 class LiteDenseCLI(LightningCLI):
@@ -25,6 +28,34 @@ class LiteDenseCLI(LightningCLI):
             default=None,
             help="Backbone name (see `python -m backbones.table`); shortcut for --model.backbone.",
         )
+
+    def _check_ckpt_path(self) -> None:
+        """Resolve `--ckpt_path last` and refuse a missing, truncated or other-task checkpoint, in one line.
+
+        Runs before Lightning reads the checkpoint's hyperparameters (which, for another task's file,
+        would end in a usage dump) and before anything is built or trained (`tasks.common.checkpoints`).
+        """
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand or "", None)
+        ckpt_path = config.get("ckpt_path") if config is not None else None
+        if not ckpt_path or subcommand == "export" or ckpt_path in ("best", "hpc", "registry"):
+            return
+        task = self._model_class.__module__.split(".")[1] if self._model_class.__module__.startswith("tasks.") else ""
+        try:
+            if ckpt_path == "last":
+                root = Path(config.trainer.get("default_root_dir") or ".")
+                roots = [root / "runs" / task, root / "lightning_logs", root / "checkpoints"]
+                ckpt_path = str(resolve_last(task, roots))
+                config.ckpt_path = ckpt_path
+                print(f"--ckpt_path last: resuming from {ckpt_path}")
+            check_checkpoint(ckpt_path, task)
+        except CheckpointError as err:
+            raise SystemExit(f"error: {err}") from None
+
+    def _parse_ckpt_path(self) -> None:
+        """Check the checkpoint path first (`_check_ckpt_path`), then let Lightning read its hyperparameters."""
+        self._check_ckpt_path()
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         """Copy `--backbone` into the model's arguments."""

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tasks.common.images import read_rgb
+from tasks.common.sampling import loader_generator, resume_position, training_order
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # ImageNet statistics, which every pretrained backbone here expects.
@@ -96,6 +97,8 @@ def make_loader(
     train: bool,
     num_workers: int = 0,
     collate_fn: Callable[[list], Any] | None = None,
+    sampler: Sampler | None = None,
+    generator: torch.Generator | None = None,
 ) -> DataLoader:
     """The DataLoader of every task.
 
@@ -108,11 +111,16 @@ def make_loader(
         train: Shuffle and drop the incomplete last batch.
         num_workers: Worker processes (kept alive between epochs).
         collate_fn: Batch builder; None for PyTorch's default.
+        sampler: The order (training: `tasks.common.sampling.EpochSampler`); None for shuffle / in order.
+        generator: The loader's own generator (the workers' base seeds), so iterating draws nothing
+            from the global RNG.
     """
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        generator=generator,
         num_workers=num_workers,
         collate_fn=collate_fn,
         drop_last=train and len(dataset) > batch_size,
@@ -165,6 +173,7 @@ class TaskDataModule(LightningDataModule):
                 raise ValueError(f"{name} must be at least 1, got {value}")
         self.save_hyperparameters()
         self.datasets: dict[str, Dataset] = {}
+        self._resume: dict | None = None  # a checkpoint's training position, until the next training loader
 
     @property
     def task(self) -> str:
@@ -199,13 +208,27 @@ class TaskDataModule(LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         hp = self.hparams
         train = split == "train"
+        dataset, sampler = self.datasets[split], None
+        if train:  # seeded order and augmentation, resumable mid-epoch (tasks.common.sampling)
+            dataset, sampler = training_order(dataset, self.trainer, self._resume, hp.batch_size)
+            self._resume = None
         return make_loader(
-            self.datasets[split],
+            dataset,
             hp.batch_size if train else hp.eval_batch_size or hp.batch_size,
             train=train,
             num_workers=hp.num_workers,
             collate_fn=type(self).collate,
+            sampler=sampler,
+            generator=loader_generator(),
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training is in its epoch (saved in checkpoints, so a resumed run continues the order)."""
+        return {"resume_position": resume_position(self.trainer)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Remember the position; the next training loader skips the batches already trained."""
+        self._resume = state_dict.get("resume_position")
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented training batches."""

@@ -14,31 +14,33 @@ follows) and `checkpoint_tag` (that metric in the best checkpoint's file name), 
   built at `setup` from the data module's `num_classes` unless `num_classes` was given.
 
 Every task gets the same callbacks from `configure_callbacks`: the best checkpoint by `monitor`, a
-separate `last.ckpt` written at the end of every training epoch (the latest state, for resuming), the
-learning-rate monitor when there is a logger, and the task's prediction writer.
+separate `last.ckpt` written at the end of every training epoch and every `save_every_n_steps` steps
+(the latest state, for resuming; both written atomically, `tasks.common.checkpoints`), the
+learning-rate monitor when there is a logger, and the task's prediction writer. Checkpoints record
+the task and the global random states; with the data module's training position
+(`tasks.common.sampling`) a run resumed with `fit --ckpt_path last` continues exactly.
+
+Under DDP, `evaluation_samples` tells a task which evaluated samples are the distributed sampler's
+padding (so metrics count every image once) and each sample's dataset index; `full_precision`
+turns autocast off around losses and metrics.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
+import torch
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from torch import Tensor, nn
 
+from tasks.common.checkpoints import BestCheckpoint, LastCheckpoint, restore_rng_state, rng_state
+from tasks.common.distributed import duplicate_positions, loader_indices
 from tasks.common.optim import build_optimizer, build_schedule, check_options, warmup_steps
 
-
-class LastCheckpoint(ModelCheckpoint):
-    """`last.ckpt`, rewritten at the end of every training epoch whatever the metrics did.
-
-    Lightning's `save_last` writes only when the monitored checkpoint is written (so only on
-    validation epochs); this one follows training, so a resumed run loses at most one epoch.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(filename="last", monitor=None, save_top_k=1, save_on_train_epoch_end=True)
-        self._enable_version_counter = False  # overwrite last.ckpt rather than write last-v1.ckpt
+__all__ = ["LastCheckpoint", "TaskModule"]
 
 
 class TaskModule(LightningModule):
@@ -53,6 +55,10 @@ class TaskModule(LightningModule):
         warmup_epochs: Linear warm-up before "cosine", "poly" or "constant" (fractions allowed).
         poly_power: Exponent of the poly schedule.
         log_images: Samples of the first validation / test batch drawn to the logger (0 = none).
+        save_every_n_steps: Also rewrite `last.ckpt` every N optimizer steps (0: at epoch ends only),
+            so a killed run resumes from its last step checkpoint, mid-epoch.
+        compile: Run the backbone and head through `torch.compile` (inductor; on CPU it needs a C++
+            compiler such as gcc). Same weights and checkpoints; measured speed-ups in docs/speed.md.
     """
 
     monitor: ClassVar[str]
@@ -70,12 +76,18 @@ class TaskModule(LightningModule):
         warmup_epochs: float = 0.0,
         poly_power: float = 0.9,
         log_images: int = 4,
+        save_every_n_steps: int = 0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         check_options(optimizer, schedule, warmup_epochs)
+        if save_every_n_steps < 0:
+            raise ValueError(f"save_every_n_steps must be >= 0, got {save_every_n_steps}")
         # Collects the arguments of the subclass's __init__ too, so checkpoints rebuild the same model.
         self.save_hyperparameters()
         self.head: nn.Module | None = None
+        self._eval_order: dict[str, tuple[list[int] | None, set[int], int]] = {}
+        self._pending_rng: dict | None = None
 
     # --- the data module's classes -------------------------------------------------------------
     @property
@@ -112,6 +124,18 @@ class TaskModule(LightningModule):
                 f"leave model.num_classes unset to take the data's"
             )
 
+    def configure_model(self) -> None:
+        """With `compile`, compile the backbone and head in place (Lightning calls this after `setup`).
+
+        `nn.Module.compile` keeps the modules and their state-dict keys, so checkpoints written with and
+        without it load into each other; the loss, metrics and decoding stay eager.
+        """
+        if not self.hparams.get("compile"):
+            return
+        for network in (getattr(self, "backbone", None), self.head):
+            if isinstance(network, nn.Module) and getattr(network, "_compiled_call_impl", None) is None:
+                network.compile()
+
     # --- evaluation hooks: one name for each role ------------------------------------------------
     def evaluate_batch(self, batch: dict, batch_idx: int, stage: str) -> None:
         """Loss and metric updates of one validation or test batch."""
@@ -120,6 +144,52 @@ class TaskModule(LightningModule):
     def evaluate_epoch(self, stage: str) -> None:
         """Compute, log and reset the metrics of a validation or test epoch."""
         raise NotImplementedError
+
+    # --- exact metrics under DDP: which evaluated samples are the sampler's padding ----------------
+    def _start_evaluation(self, stage: str) -> None:
+        loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        indices = loader_indices(loader) if loader is not None else None
+        self._eval_order[stage] = (indices, duplicate_positions(indices), 0)
+
+    def on_validation_epoch_start(self) -> None:
+        """Find the validation samples this process shares with another (the sampler's padding)."""
+        self._start_evaluation("val")
+
+    def on_test_epoch_start(self) -> None:
+        """As `on_validation_epoch_start`, for the test split."""
+        self._start_evaluation("test")
+
+    def evaluation_samples(self, stage: str, count: int) -> tuple[Tensor, list[int]]:
+        """Which of the next `count` evaluated samples to score, and their dataset indices.
+
+        Under DDP Lightning's sampler pads the last shards with repeated images; those are masked out
+        here so that every image is scored once and metrics equal one process's. Call once per batch.
+
+        Returns:
+            (count,) bool mask of the samples to score, and the dataset index of each sample.
+        """
+        indices, duplicates, position = self._eval_order.get(stage, (None, set(), 0))
+        positions = range(position, position + count)
+        self._eval_order[stage] = (indices, duplicates, position + count)
+        keep = torch.tensor([p not in duplicates for p in positions], dtype=torch.bool, device=self.device)
+        known = indices is not None and position + count <= len(indices)
+        return keep, [indices[p] for p in positions] if known else list(positions)
+
+    def log_result(self, name: str, value: Tensor | float, **kwargs: Any) -> None:
+        """Log an epoch result that every process computed identically (from gathered / summed states).
+
+        `sync_dist` with a max reduction returns that same number on every process, exactly (a mean
+        of identical floats need not be), and keeps Lightning from warning about unsynchronised
+        epoch metrics.
+        """
+        self.log(name, value, sync_dist=True, reduce_fx="max", **kwargs)
+
+    @contextlib.contextmanager
+    def full_precision(self) -> Iterator[None]:
+        """Autocast off: losses and metrics run in float32 under `--trainer.precision bf16-mixed` / 16-mixed."""
+        with torch.autocast(self.device.type, enabled=False):
+            yield
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """See `evaluate_batch`."""
@@ -156,6 +226,32 @@ class TaskModule(LightningModule):
             if hasattr(experiment, "add_image"):
                 experiment.add_image(tag, image.detach().cpu(), self.global_step)
 
+    # --- checkpoints: the task's name, and the random state for an exact resume --------------------
+    @property
+    def task_name(self) -> str:
+        """The task this module belongs to ("depth", "segmentation", "detection")."""
+        parts = type(self).__module__.split(".")
+        return parts[1] if len(parts) > 2 and parts[0] == "tasks" else type(self).__name__
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the task (so another task's CLI refuses the file) and the global random states."""
+        checkpoint["litedense"] = {"task": self.task_name, "module": f"{type(self).__module__}.{type(self).__name__}"}
+        checkpoint["rng_state"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the saved random states until training resumes (see `on_train_batch_start`)."""
+        self._pending_rng = checkpoint.get("rng_state")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """On the first batch after a resume, restore the random states the checkpoint saved.
+
+        Restored here, after Lightning's sanity check and loader set-up, so the next step draws
+        what the uninterrupted run drew (dropout).
+        """
+        if self._pending_rng is not None:
+            restore_rng_state(self._pending_rng)
+            self._pending_rng = None
+
     # --- training setup -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         """The shared factory (`tasks.common.optim`) with this model's options, stepped every batch."""
@@ -176,14 +272,14 @@ class TaskModule(LightningModule):
 
         Lightning lets these replace callbacks of the same type given to the Trainer (a config's).
         """
-        best = ModelCheckpoint(
+        best = BestCheckpoint(
             monitor=self.monitor,
             mode=self.monitor_mode,
             save_top_k=1,
             filename=f"best-epoch{{epoch:02d}}-{self.checkpoint_tag}{{{self.monitor}:.4f}}",
             auto_insert_metric_name=False,
         )
-        callbacks: list[Callback] = [best, LastCheckpoint()]
+        callbacks: list[Callback] = [best, LastCheckpoint(self.hparams.get("save_every_n_steps", 0))]
         if self._trainer is not None and self.trainer.logger is not None:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         callbacks.append(self.prediction_writer())
@@ -192,3 +288,13 @@ class TaskModule(LightningModule):
     def deployable(self) -> nn.Module:
         """The network alone: normalized (N, 3, H, W) images -> the task's raw outputs (for export)."""
         raise NotImplementedError
+
+    def inference_network(self, *, channels_last: bool = False) -> nn.Module:
+        """`deployable()` in its inference form: a copy with batch norm folded into the convolutions.
+
+        Same outputs to float rounding (`backbones.fuse_for_inference`); this module keeps training as
+        before. `channels_last=True` is the fastest form on CPU (docs/speed.md); keep it False for export.
+        """
+        from backbones import fuse_for_inference  # here, so that importing a task stays light
+
+        return fuse_for_inference(self.deployable(), channels_last=channels_last)

@@ -12,11 +12,13 @@ Protocols:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "delta1", "delta2", "delta3")
 
@@ -88,6 +90,11 @@ def depth_errors(pred: Tensor, gt: Tensor) -> dict[str, Tensor]:
 class DepthMetrics(Metric):
     """Per-image depth errors averaged over a dataset, under a protocol.
 
+    The state is one row of errors per image with the image's dataset index. Under DDP torchmetrics
+    gathers the rows of every process; `compute` keeps one row per index (the distributed sampler
+    repeats images to pad the last shards) and sums them in index order, so the result is the same,
+    to the last bit, with any number of processes.
+
     Args:
         protocol: "nyu", "kitti_garg", "kitti_eigen" or "none".
         min_depth: Override of the protocol's lower bound.
@@ -115,34 +122,61 @@ class DepthMetrics(Metric):
             base.max_depth if max_depth is None else float(max_depth),
         )
         self.median_scaling = median_scaling
-        for name in METRIC_NAMES:
-            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("images", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("errors", default=[], dist_reduce_fx="cat")  # (1, len(METRIC_NAMES)) float64 per image
+        self.add_state("indices", default=[], dist_reduce_fx="cat")  # (1,) int64 per image
+        self._next_index = 0  # indices of images given without one (a single process, in order)
 
-    def update(self, pred: Tensor, gt: Tensor) -> None:
+    @property
+    def images(self) -> Tensor:
+        """Number of distinct images with valid ground truth seen (by this process)."""
+        if not self.indices:
+            return torch.tensor(0)
+        return torch.tensor(len(torch.unique(dim_zero_cat(self.indices))))
+
+    def update(self, pred: Tensor, gt: Tensor, indices: Sequence[int] | Tensor | None = None) -> None:
         """Add a batch.
 
         Args:
             pred: (N, 1, H, W) or (N, H, W) predicted depth, metres.
             gt: Ground truth of the same shape; invalid pixels may be 0, NaN or inf.
+            indices: (N,) dataset index of each image (under DDP: the same image seen twice counts
+                once); None numbers the images in the order they come.
         """
         if pred.shape != gt.shape:
             raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} differ in shape")
-        pred, gt = pred.detach().reshape(-1, *gt.shape[-2:]), gt.detach().reshape(-1, *gt.shape[-2:])
+        pred, gt = pred.detach().float().reshape(-1, *gt.shape[-2:]), gt.detach().float().reshape(-1, *gt.shape[-2:])
+        if indices is None:
+            indices = range(self._next_index, self._next_index + len(pred))
+            self._next_index += len(pred)
+        indices = [int(i) for i in indices]
+        if len(indices) != len(pred):
+            raise ValueError(f"{len(indices)} indices for {len(pred)} images")
         lo, hi = self.protocol.min_depth, self.protocol.max_depth
         masks = eval_mask(gt, self.protocol)
-        for p, g, m in zip(pred, gt, masks):
+        for p, g, m, index in zip(pred, gt, masks, indices):
             if not m.any():
                 continue  # an image without valid ground truth says nothing about the model
             p, g = p[m], g[m]
             if self.median_scaling:
                 p = p * (g.median() / p.median().clamp_min(1e-12))
             p = torch.nan_to_num(p, nan=lo, posinf=hi, neginf=lo).clamp(lo, hi)
-            for name, value in depth_errors(p, g).items():
-                setattr(self, name, getattr(self, name) + value)
-            self.images += 1
+            errors = depth_errors(p, g)
+            self.errors.append(torch.stack([errors[name] for name in METRIC_NAMES])[None])
+            self.indices.append(torch.tensor([index], dtype=torch.long, device=p.device))
 
     def compute(self) -> dict[str, Tensor]:
-        """Mean of each measure over the images seen (NaN if none had valid ground truth)."""
-        n = self.images.double()
-        return {name: (getattr(self, name) / n).float() for name in METRIC_NAMES}
+        """Mean of each measure over the images seen, each image once (NaN if none had valid ground truth)."""
+        if not len(self.errors):
+            return {name: torch.tensor(float("nan")) for name in METRIC_NAMES}
+        errors, indices = dim_zero_cat(self.errors).double(), dim_zero_cat(self.indices)
+        order = torch.argsort(indices, stable=True)
+        errors, indices = errors[order], indices[order]
+        first = torch.ones_like(indices, dtype=torch.bool)
+        first[1:] = indices[1:] != indices[:-1]  # one row per image
+        rows = errors[first]
+        return {name: (rows[:, i].sum() / len(rows)).float() for i, name in enumerate(METRIC_NAMES)}
+
+    def reset(self) -> None:
+        """Clear the rows (and the automatic numbering)."""
+        super().reset()
+        self._next_index = 0

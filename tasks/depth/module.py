@@ -108,7 +108,8 @@ class DepthModule(TaskModule):
         return DepthNetwork(self.backbone, self.head, self.hparams.channels_last)
 
     def _loss(self, pred: Tensor, depth: Tensor) -> Tensor:
-        return self.criterion(pred, depth, valid_mask(depth, 0.0, self.hparams.max_depth))
+        with self.full_precision():  # float32 under mixed precision (logs of small depths)
+            return self.criterion(pred.float(), depth.float(), valid_mask(depth, 0.0, self.hparams.max_depth))
 
     def to_depth(self, pred: Tensor, depth: Tensor | None = None) -> Tensor:
         """Metric depth from the network output.
@@ -131,16 +132,23 @@ class DepthModule(TaskModule):
         """Masked loss of one batch."""
         pred = self(batch["image"])  # (N, 1, H, W)
         loss = self._loss(pred, batch["depth"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(pred))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(pred), sync_dist=True)
         return loss
 
     def evaluate_batch(self, batch: dict, batch_idx: int, stage: str) -> None:
-        """Loss and metric updates; the first batch is drawn as RGB | truth | prediction | error."""
-        pred = self(batch["image"])
+        """Loss and metric updates; the first batch is drawn as RGB | truth | prediction | error.
+
+        Each image's errors go in with its dataset index, so under DDP the images the sampler repeats
+        count once (`tasks.depth.metrics.DepthMetrics`).
+        """
+        pred = self(batch["image"]).float()
         depth = batch["depth"]
-        self.log(f"{stage}/loss", self._loss(pred, depth), batch_size=len(pred))
-        pred_depth = self.to_depth(pred, depth)
-        self.metrics[stage].update(pred_depth, depth)
+        self.log(f"{stage}/loss", self._loss(pred, depth), batch_size=len(pred), sync_dist=True)
+        with self.full_precision():
+            pred_depth = self.to_depth(pred, depth)
+        keep, indices = self.evaluation_samples(stage, len(pred))
+        kept = [i for i, k in zip(indices, keep.tolist()) if k]
+        self.metrics[stage].update(pred_depth[keep], depth[keep], kept)
         if self.should_log_images(batch_idx):
             panel = depth_panels(batch["image"], depth, pred_depth, self.hparams.max_depth, self.hparams.log_images)
             self.log_image(f"{stage}/rgb_gt_pred_error", panel)
@@ -148,14 +156,13 @@ class DepthModule(TaskModule):
     def evaluate_epoch(self, stage: str) -> None:
         """Log the metrics (AbsRel, delta1 and RMSE in the progress bar) and print them."""
         metrics = self.metrics[stage]
-        if metrics.images == 0:
-            metrics.reset()
-            return
-        values = metrics.compute()
+        values = metrics.compute()  # gathers every process's rows
         metrics.reset()
+        if torch.isnan(values["abs_rel"]):
+            return  # no image with valid ground truth (on any process)
         for name, value in values.items():
             shown = any(name == key for key, _ in SHOWN)
-            self.log(f"{stage}/{name}", value, prog_bar=shown)
+            self.log_result(f"{stage}/{name}", value, prog_bar=shown)
         if self.reporting:
             summary = "  ".join(f"{label} {values[key]:.3f}" for key, label in SHOWN)
             self.print(f"{stage} epoch {self.current_epoch}: {summary}")

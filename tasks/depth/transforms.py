@@ -51,6 +51,14 @@ class DepthTransform:
                 A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=photometric),
             ]
         )
+        # Our own generator (not the `random` module's), so `set_random_seed` makes a sample reproducible.
+        self.rng = random.Random()
+
+    def set_random_seed(self, seed: int) -> None:
+        """Seed the zoom and the albumentations steps (`tasks.common.sampling` does it per sample)."""
+        self.rng.seed(seed)
+        self.resize.set_random_seed(seed)
+        self.augment.set_random_seed(self.rng.randrange(2**32))
 
     def __call__(self, *, image: np.ndarray, depth: np.ndarray | None = None) -> dict:
         """(H, W, 3) uint8 image, (H, W) depth in metres -> {"image": (3, h, w), "depth": (1, h, w)}.
@@ -62,7 +70,7 @@ class DepthTransform:
         depth = sanitize_depth(depth)
         height, width = self.size
         if self.train and self.max_scale > 1:
-            scale = random.uniform(1.0, self.max_scale)
+            scale = self.rng.uniform(1.0, self.max_scale)
             zoom = A.Compose(
                 [
                     A.Resize(
@@ -72,7 +80,8 @@ class DepthTransform:
                         mask_interpolation=cv2.INTER_NEAREST,
                     ),
                     A.RandomCrop(height, width),
-                ]
+                ],
+                seed=self.rng.randrange(2**32),
             )
             out = zoom(image=image, mask=depth)
             image, depth = out["image"], out["mask"] / scale

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone, create_backbone, get_backbone_entry
 from heads.ssdlite import create_detection_head, postprocess
+from tasks.common.distributed import all_gather_object, broadcast_object
 from tasks.common.files import write_json_atomic
 from tasks.common.module import TaskModule
 from tasks.detection.coco_eval import coco_evaluate, format_summary
@@ -171,34 +172,39 @@ class DetectionModule(TaskModule):
 
     def _loss(self, images: Tensor, targets: list[dict]) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         box_regression, cls_logits = self(images)  # (N, A, 4), (N, A, C)
+        # float32 from here on under mixed precision: matching, the loss and the decoded boxes.
+        box_regression, cls_logits = box_regression.float(), cls_logits.float()
         default_boxes = self.head.default_boxes(tuple(images.shape[-2:]), images.device)
         hp = self.hparams
-        losses = ssd_loss(
-            box_regression, cls_logits, targets, default_boxes, iou_threshold=hp.iou_threshold,
-            neg_pos_ratio=hp.neg_pos_ratio, classification=hp.classification_loss, focal_alpha=hp.focal_alpha,
-            focal_gamma=hp.focal_gamma,
-        )  # fmt: skip
+        with self.full_precision():
+            losses = ssd_loss(
+                box_regression, cls_logits, targets, default_boxes, iou_threshold=hp.iou_threshold,
+                neg_pos_ratio=hp.neg_pos_ratio, classification=hp.classification_loss, focal_alpha=hp.focal_alpha,
+                focal_gamma=hp.focal_gamma,
+            )  # fmt: skip
         return losses, box_regression, cls_logits
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         """SSD loss of a batch."""
         losses, _, _ = self._loss(batch["image"], batch["targets"])
         n = batch["image"].shape[0]
-        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=n)
-        self.log("train/box_loss", losses["box_loss"], batch_size=n)
-        self.log("train/cls_loss", losses["cls_loss"], batch_size=n)
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("train/box_loss", losses["box_loss"], batch_size=n, sync_dist=True)
+        self.log("train/cls_loss", losses["cls_loss"], batch_size=n, sync_dist=True)
         return losses["loss"]
 
     def detect(self, images: Tensor, box_regression: Tensor, cls_logits: Tensor, sizes: Sequence) -> list[dict]:
         """Post-process raw outputs and scale boxes back to each original image ((H, W) in `sizes`)."""
         size = tuple(images.shape[-2:])
         hp = self.hparams
-        detections = postprocess(
-            box_regression, cls_logits, self.head.default_boxes(size, images.device), size,
-            score_thresh=hp.score_thresh, nms_thresh=hp.nms_thresh, topk_candidates=hp.topk_candidates,
-            detections_per_img=hp.detections_per_img,
-            activation="sigmoid" if hp.classification_loss == "focal" else "softmax",
-        )  # fmt: skip
+        box_regression, cls_logits = box_regression.float(), cls_logits.float()  # fp32 decoding and NMS
+        with self.full_precision():
+            detections = postprocess(
+                box_regression, cls_logits, self.head.default_boxes(size, images.device), size,
+                score_thresh=hp.score_thresh, nms_thresh=hp.nms_thresh, topk_candidates=hp.topk_candidates,
+                detections_per_img=hp.detections_per_img,
+                activation="sigmoid" if hp.classification_loss == "focal" else "softmax",
+            )  # fmt: skip
         for det, (height, width) in zip(detections, sizes):
             scale = torch.tensor([width / size[1], height / size[0]] * 2, device=det["boxes"].device)
             det["boxes"] = det["boxes"] * scale
@@ -210,7 +216,7 @@ class DetectionModule(TaskModule):
         if not targets:
             return
         losses, box_regression, cls_logits = self._loss(images, targets)
-        self.log(f"{stage}/loss", losses["loss"], batch_size=images.shape[0])
+        self.log(f"{stage}/loss", losses["loss"], batch_size=images.shape[0], sync_dist=True)
         detections = self.detect(images, box_regression, cls_logits, batch["size"])
         for det, image_id in zip(detections, batch["image_id"]):
             self._outputs.append({"image_id": image_id, **{k: v.cpu() for k, v in det.items()}})
@@ -224,13 +230,28 @@ class DetectionModule(TaskModule):
                 self.log_image(f"{stage}/predictions_{i}", draw_detections(images[i].cpu(), det, names))
 
     def evaluate_epoch(self, stage: str) -> None:
-        """COCO and VOC metrics of the split; `validate` / `test` also print them and write JSON files."""
-        outputs, self._outputs = self._outputs, []
+        """COCO and VOC metrics of the split; `validate` / `test` also print them and write JSON files.
+
+        Under DDP every process's detections are gathered and deduplicated by image id (the sampler
+        repeats images to pad the last shards); rank 0 evaluates once and writes the files, and every
+        process logs the numbers it broadcasts.
+        """
+        outputs = gather_detections(self._outputs)
+        self._outputs = []
         datamodule = getattr(self.trainer, "datamodule", None)
         dataset = getattr(datamodule, "datasets", {}).get(stage) if datamodule is not None else None
         if dataset is None or not outputs:
-            self.log(f"{stage}/mAP", 0.0)
+            self.log_result(f"{stage}/mAP", 0.0)
             return
+        summary = self._evaluate(stage, dataset, outputs) if self.trainer.is_global_zero else None
+        metrics, voc_map50 = broadcast_object(summary)
+        self.log_result(f"{stage}/mAP", metrics["AP"], prog_bar=True)
+        self.log_result(f"{stage}/mAP50", metrics["AP50"])
+        self.log_result(f"{stage}/mAP75", metrics["AP75"])
+        self.log_result(f"{stage}/voc_mAP50", voc_map50, prog_bar=True)
+
+    def _evaluate(self, stage: str, dataset: Any, outputs: list[dict]) -> tuple[dict[str, float], float]:
+        """COCO and VOC numbers of all the split's detections (one process); files and summary in validate / test."""
         if self._gt is None or self._gt[0] is not dataset:  # index the ground truth once per dataset
             self._gt = (dataset, coco_from_dict(dataset.to_coco()))
         gt = self._gt[1]
@@ -244,10 +265,6 @@ class DetectionModule(TaskModule):
                          "labels": records[o["image_id"]].labels, "difficult": records[o["image_id"]].difficult}
                         for o in outputs]  # fmt: skip
         voc = voc_map(outputs, ground_truth, dataset.num_classes)
-        self.log(f"{stage}/mAP", metrics["AP"], prog_bar=True)
-        self.log(f"{stage}/mAP50", metrics["AP50"])
-        self.log(f"{stage}/mAP75", metrics["AP75"])
-        self.log(f"{stage}/voc_mAP50", voc["mAP"], prog_bar=True)
         if final and self.reporting:
             out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
             write_json_atomic(out_dir / f"detections_{stage}.json", results)
@@ -256,6 +273,7 @@ class DetectionModule(TaskModule):
             print(format_summary(metrics))
             print(f" VOC mAP@0.5 = {voc['mAP']:0.4f}")
             print(f"detections written to {out_dir / f'detections_{stage}.json'}")
+        return metrics, voc["mAP"]
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """Per image {"name", "path", "image_id", "boxes" (K, 4) in the file's pixels, "scores", "labels"}."""
@@ -269,6 +287,15 @@ class DetectionModule(TaskModule):
     def prediction_writer(self) -> Callback:
         """JPEGs with boxes drawn and `predictions.json`."""
         return DetectionWriter()
+
+
+def gather_detections(outputs: list[dict]) -> list[dict]:
+    """Every process's per-image detections, each image once (by image id), sorted by image id."""
+    by_id: dict[int, dict] = {}
+    for shard in all_gather_object(outputs):
+        for out in shard:
+            by_id.setdefault(int(out["image_id"]), out)
+    return [by_id[i] for i in sorted(by_id)]
 
 
 def detections_to_coco(outputs: list[dict], category_ids: Sequence[int]) -> list[dict]:

@@ -98,7 +98,8 @@ class SegmentationModule(TaskModule):
         return self.deployable()(images)
 
     def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
-        return segmentation_loss(logits, target, self.hparams.ignore_index)
+        with self.full_precision():  # float32 under mixed precision
+            return segmentation_loss(logits.float(), target, self.hparams.ignore_index)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         """Cross-entropy (+ weighted auxiliary loss) on a batch of crops."""
@@ -108,18 +109,23 @@ class SegmentationModule(TaskModule):
         loss = self._loss(logits, batch["mask"])
         if self.aux_head is not None:
             aux_loss = self._loss(self.aux_head(features, output_size=images.shape[-2:]), batch["mask"])
-            self.log("train/aux_loss", aux_loss)
+            self.log("train/aux_loss", aux_loss, batch_size=len(logits), sync_dist=True)
             loss = loss + self.hparams.aux_loss_weight * aux_loss
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(logits), sync_dist=True)
         return loss
 
     def evaluate_batch(self, batch: dict, batch_idx: int, stage: str) -> None:
-        """Loss and confusion matrix at full resolution; the first batch is drawn to the logger."""
-        logits = self(batch["image"])
+        """Loss and confusion matrix at full resolution; the first batch is drawn to the logger.
+
+        Under DDP the images the sampler repeats to pad the last shards are left out of the confusion
+        matrix (`evaluation_samples`), so the summed matrix counts every image once.
+        """
+        logits = self(batch["image"]).float()
         loss = self._loss(logits, batch["mask"])
         preds = logits.argmax(1)  # (N, H, W)
-        self.metrics[stage].update(preds, batch["mask"])
-        self.log(f"{stage}/loss", loss, batch_size=len(preds))
+        keep, _ = self.evaluation_samples(stage, len(preds))
+        self.metrics[stage].update(preds[keep], batch["mask"][keep])
+        self.log(f"{stage}/loss", loss, batch_size=len(preds), sync_dist=True)
         if self.should_log_images(batch_idx):
             n = self.hparams.log_images
             panel = comparison_panel(batch["image"][:n], batch["mask"][:n], preds[:n], self.hparams.num_classes)
@@ -131,15 +137,15 @@ class SegmentationModule(TaskModule):
         The table is printed by `validate` and `test`, and after the last training epoch.
         """
         metrics = self.metrics[stage]
-        result = metrics.compute()
+        result = metrics.compute()  # torchmetrics sums the confusion matrices of all processes
         metrics.reset()
-        self.log(f"{stage}/mIoU", result["miou"], prog_bar=True)
-        self.log(f"{stage}/pixel_acc", result["pixel_acc"])
-        self.log(f"{stage}/mean_acc", result["mean_acc"])
+        self.log_result(f"{stage}/mIoU", result["miou"], prog_bar=True)
+        self.log_result(f"{stage}/pixel_acc", result["pixel_acc"])
+        self.log_result(f"{stage}/mean_acc", result["mean_acc"])
         names = self.class_names
         for name, value in zip(names, result["iou"].tolist()):
             if not math.isnan(value):
-                self.log(f"{stage}_iou/{name}", value)
+                self.log_result(f"{stage}_iou/{name}", value)
         fitting = self.trainer.state.fn == "fit"
         last = fitting and self.current_epoch + 1 >= (self.trainer.max_epochs or 0)
         if self.reporting and (not fitting or last):
