@@ -12,6 +12,7 @@ predictions are written under), plus the task's own keys.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,10 +20,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tasks.common.images import read_rgb
+from tasks.common.images import CorruptImageError, read_rgb
 from tasks.common.sampling import loader_generator, resume_position, training_order
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -69,19 +71,29 @@ class PredictFolder(Dataset):
     Args:
         folder: Folder of images (sorted by name; other files are ignored).
         transform: Callable(image=(H, W, 3) uint8) -> dict with "image", the task's evaluation
-            transform; each item adds "name" (the file stem), "path" and "size" ((H, W) of the file).
+            transform; each item adds "name" (the file stem), "path" and "size" ((H, W) of the file
+            as displayed: EXIF orientation applied).
+        skip_corrupt: An undecodable file gives None (dropped by the task's collate) and a warning
+            naming it, instead of an error that stops `predict` with nothing written for the rest.
     """
 
-    def __init__(self, folder: str | os.PathLike, transform: Callable[..., dict]) -> None:
+    def __init__(self, folder: str | os.PathLike, transform: Callable[..., dict], skip_corrupt: bool = False) -> None:
         self.paths = list_images(folder)
         self.transform = transform
+        self.skip_corrupt = skip_corrupt
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> dict | None:
         path = self.paths[index]
-        image = read_rgb(path)
+        try:
+            image = read_rgb(path)
+        except CorruptImageError as err:
+            if not self.skip_corrupt:
+                raise
+            warnings.warn(f"skipping corrupt image {path} (skip_corrupt=True): {err}", stacklevel=2)
+            return None
         return {
             "image": self.transform(image=image)["image"],
             "name": path.stem,
@@ -103,7 +115,8 @@ def make_loader(
     """The DataLoader of every task.
 
     Training shuffles and drops an incomplete last batch when there is more than one batch (a last
-    batch of one image gives batch norm a single sample); evaluation keeps the order and every image.
+    batch of one image gives batch norm a single sample), saying so in one line; evaluation keeps the
+    order and every image.
 
     Args:
         dataset: The split.
@@ -115,6 +128,12 @@ def make_loader(
         generator: The loader's own generator (the workers' base seeds), so iterating draws nothing
             from the global RNG.
     """
+    drop_last = train and len(dataset) > batch_size
+    if drop_last and len(dataset) % batch_size:
+        rank_zero_info(
+            f"training uses {len(dataset) - len(dataset) % batch_size} of the {len(dataset)} images an epoch: the "
+            f"last incomplete batch ({len(dataset) % batch_size} image(s), different ones each epoch) is dropped"
+        )
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -123,7 +142,7 @@ def make_loader(
         generator=generator,
         num_workers=num_workers,
         collate_fn=collate_fn,
-        drop_last=train and len(dataset) > batch_size,
+        drop_last=drop_last,
         persistent_workers=num_workers > 0,
     )
 
@@ -150,6 +169,10 @@ class TaskDataModule(LightningDataModule):
 
     DATASETS: ClassVar[tuple[str, ...]] = ("synthetic",)
     collate: ClassVar[Callable[[list], Any] | None] = None
+    # The fewest images a training batch may hold: 2 where the network batch-normalises a 1x1 map
+    # (SSDLite's last extra layers), which fails for a single image ("Expected more than 1 value per channel").
+    MIN_TRAIN_BATCH: ClassVar[int] = 1
+    MIN_TRAIN_BATCH_WHY: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -199,8 +222,9 @@ class TaskDataModule(LightningDataModule):
                 continue
             if split == "predict":
                 folder = self.hparams.predict_dir
+                skip = bool(self.hparams.get("skip_corrupt", False))  # the tasks that have the option
                 self.datasets[split] = (
-                    PredictFolder(folder, self.predict_transform()) if folder else self.build_split("test")
+                    PredictFolder(folder, self.predict_transform(), skip) if folder else self.build_split("test")
                 )
             else:
                 self.datasets[split] = self.build_split(split)
@@ -231,7 +255,20 @@ class TaskDataModule(LightningDataModule):
         self._resume = state_dict.get("resume_position")
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled, augmented training batches."""
+        """Shuffled, augmented training batches.
+
+        Raises:
+            ValueError: A training batch would hold fewer than `MIN_TRAIN_BATCH` images (batch_size, or
+                a training split smaller than that).
+        """
+        size = min(self.hparams.batch_size, len(self.datasets["train"]))
+        if size < self.MIN_TRAIN_BATCH:
+            raise ValueError(
+                f"{self.task} training needs at least {self.MIN_TRAIN_BATCH} images per batch "
+                f"({self.MIN_TRAIN_BATCH_WHY}), but --data.batch_size is {self.hparams.batch_size} and the "
+                f"training split has {len(self.datasets['train'])} image(s); use at least "
+                f"{self.MIN_TRAIN_BATCH} of each"
+            )
         return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:

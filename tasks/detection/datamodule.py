@@ -33,7 +33,8 @@ class DetectionDataModule(TaskDataModule):
             on the synthetic set (its objects already vary in size and place; zoom-out would make them tiny).
         classes: VOC class names (None: found in the annotations).
         contiguous_labels: COCO labels 1..K (True) or the category ids themselves (False: 91 outputs).
-        skip_corrupt: Skip undecodable images with a warning instead of failing.
+        skip_corrupt: Skip undecodable images with a warning naming each instead of failing (training:
+            the next readable image takes its place; evaluation and `predict`: left out).
         synthetic_train_size: Images of the synthetic training split (640 at batch 8: 80 steps an epoch).
         synthetic_val_size: Images of the synthetic validation split, and of the test split.
         **kwargs: The options every task shares (`tasks.common.data.TaskDataModule`).
@@ -41,6 +42,8 @@ class DetectionDataModule(TaskDataModule):
 
     DATASETS = ("synthetic", "coco", "voc")
     collate = collate
+    MIN_TRAIN_BATCH = 2
+    MIN_TRAIN_BATCH_WHY = "SSDLite batch-normalises its last extra layers' 1x1 maps, which one image cannot do"
 
     def __init__(
         self,
@@ -77,8 +80,11 @@ class DetectionDataModule(TaskDataModule):
         root = Path(hp.root)
         if hp.dataset == "coco":
             annotations = root / "annotations" / f"instances_{name}.json"
-            return CocoDetection(root / name, annotations, hp.contiguous_labels, transform, hp.skip_corrupt)
-        return VocDetection(root, name, hp.classes, transform, hp.skip_corrupt)
+            dataset = CocoDetection(root / name, annotations, hp.contiguous_labels, transform, hp.skip_corrupt)
+        else:
+            dataset = VocDetection(root, name, hp.classes, transform, hp.skip_corrupt)
+        dataset.refill = train  # a corrupt training image is replaced, so batches keep their size
+        return dataset
 
     def predict_transform(self) -> ImageOnly:
         """Resize to the square input and normalise."""

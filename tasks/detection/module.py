@@ -277,6 +277,8 @@ class DetectionModule(TaskModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """Per image {"name", "path", "image_id", "boxes" (K, 4) in the file's pixels, "scores", "labels"}."""
+        if not batch["name"]:  # every image of the batch was corrupt and skipped (skip_corrupt)
+            return []
         box_regression, cls_logits = self(batch["image"])
         detections = self.detect(batch["image"], box_regression, cls_logits, batch["size"])
         return [

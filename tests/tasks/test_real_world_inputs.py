@@ -8,6 +8,7 @@ does not need a real photo, a synthetic one runs everywhere. The list users read
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -268,3 +269,125 @@ def test_4_misspelled_class_in_a_real_voc_file(tmp_path, shared_data):
     path.write_text(path.read_text().replace("<name>RBC</name>", "<name>rbc</name>", 1))
     with pytest.raises(ValueError, match=r"'rbc' \(1 box\(es\), in BloodImage_00001.xml\) looks like a misspelling"):
         _load_voc(root)
+
+
+# --- 1. Detection training with a batch of one image -----------------------------------------------------
+
+DETECTION_TINY = ["--data.image_size=64", "--model.extra_channels=[16, 16, 8, 8]", "--trainer.logger=false"]
+
+
+def _truncate(path: Path) -> None:
+    """Keep the header and a third of the data: the size is readable, the pixels are not (a cut download)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def _detection_voc(root: Path, shared_data: Path | None, count: int = 4) -> Path:
+    """A VOC folder of `count` images listed in train.txt, real BCCD copies or synthetic photos."""
+    if shared_data is not None:
+        bccd = _bccd(shared_data)
+        stems = [p.stem for p in sorted((bccd / "Annotations").glob("*.xml"))[:count]]
+        return _voc_folder(root, {s: bccd / "Annotations" / f"{s}.xml" for s in stems})
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(np.roll(_smooth_photo(60, 90), 7 * i, axis=1)).save(root / "JPEGImages" / f"img{i}.jpg")
+        (root / "Annotations" / f"img{i}.xml").write_text(
+            "<annotation><size><width>90</width><height>60</height></size><object><name>cell</name>"
+            f"<bndbox><xmin>{5 + i}</xmin><ymin>5</ymin><xmax>50</xmax><ymax>40</ymax></bndbox></object></annotation>"
+        )
+    (root / "ImageSets" / "Main" / "train.txt").write_text("".join(f"img{i}\n" for i in range(count)))
+    return root
+
+
+def test_1_a_training_split_of_one_image_is_a_clear_error(tmp_path, monkeypatch):
+    from tasks.detection.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"at least 2 images per batch .*1x1 maps.*split has 1 image"):
+        main(["fit", "--data.synthetic_train_size=1", "--data.synthetic_val_size=2", *DETECTION_TINY])
+
+
+def test_1_the_dropped_last_batch_is_said_in_one_line(monkeypatch):
+    from tasks.common import data
+
+    notes = []
+    monkeypatch.setattr(data, "rank_zero_info", notes.append)
+    loader = data.make_loader(list(range(9)), 8, train=True)
+    assert len(loader) == 1 and notes == [
+        "training uses 8 of the 9 images an epoch: the last incomplete batch (1 image(s), different ones each "
+        "epoch) is dropped"
+    ]
+    notes.clear()
+    data.make_loader(list(range(16)), 8, train=True)
+    data.make_loader(list(range(9)), 8, train=False)
+    assert notes == []
+
+
+@pytest.mark.parametrize("real", [False, True], ids=["synthetic", "bccd"])
+def test_1_a_corrupt_image_in_a_batch_of_two_keeps_training(tmp_path, monkeypatch, request, real):
+    from tasks.detection.cli import main
+
+    shared = request.getfixturevalue("shared_data") if real else None
+    root = _detection_voc(tmp_path / "voc", shared)
+    corrupt = sorted((root / "JPEGImages").iterdir())[1]
+    _truncate(corrupt)
+    monkeypatch.chdir(tmp_path)
+    args = [f"--data.root={root}", "--data.dataset=voc", "--data.val_split=train", "--data.test_split=train"]
+    seen = []
+    from tasks.detection.module import DetectionModule
+
+    original = DetectionModule.training_step
+
+    def spy(self, batch, batch_idx):
+        seen.append(len(batch["image"]))
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(DetectionModule, "training_step", spy)
+    with pytest.warns(UserWarning, match=f"skipping corrupt image {corrupt}.*next readable image"):
+        cli = main(
+            ["fit", *args, "--data.skip_corrupt=true", "--data.batch_size=2", "--trainer.max_epochs=2", *DETECTION_TINY]
+        )
+    assert seen == [2, 2, 2, 2]  # every batch full: the corrupt image's place is taken
+    assert np.isfinite(cli.trainer.callback_metrics["train/loss"].item())
+
+
+# --- 7. predict honours --data.skip_corrupt ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("real", [False, True], ids=["synthetic", "bccd"])
+def test_7_predict_skips_corrupt_files_and_writes_the_rest(tmp_path, monkeypatch, request, real):
+    from tasks.common.images import CorruptImageError
+    from tasks.detection.cli import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    if real:
+        for photo in sorted((_bccd(request.getfixturevalue("shared_data")) / "JPEGImages").glob("*.jpg"))[:3]:
+            shutil.copy(photo, folder / photo.name)
+    else:
+        for i in range(3):
+            Image.fromarray(np.roll(_smooth_photo(), 9 * i, axis=0)).save(folder / f"img{i}.jpg")
+    corrupt = sorted(folder.iterdir())[1]
+    _truncate(corrupt)
+    (folder / "empty.png").write_bytes(b"")  # a failed download
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    args = ["predict", "--model.num_classes=2", "--model.score_thresh=0.0", *DETECTION_TINY]
+    args += [f"--data.predict_dir={folder}", f"--data.predict_output_dir={out}", "--data.eval_batch_size=1"]
+    with pytest.raises(CorruptImageError, match=f"{corrupt.name}|empty.png"):  # without it: stop, naming the file
+        main(args)
+    with pytest.warns(UserWarning, match=f"skipping corrupt image {corrupt}") as caught:
+        main([*args, "--data.skip_corrupt=true"])
+    assert any("empty.png" in str(w.message) for w in caught)
+    good = sorted(p.stem for p in folder.iterdir() if p not in (corrupt, folder / "empty.png"))
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{s}.jpg" for s in good] + ["predictions.json"])
+    records = json.loads((out / "predictions.json").read_text())
+    assert sorted(Path(r["image"]).stem for r in records) == good
+    assert stat.S_IMODE((out / "predictions.json").stat().st_mode) == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -118,6 +118,12 @@ class DetectionDataset(Dataset):
     "labels" (G,), "image_id" (int), "name", "path" (None for in-memory images) and "size" (H, W) of
     the file; `collate` turns items into the detection batch.
 
+    With `skip_corrupt`, an image that cannot be decoded is reported in a warning naming it, once. An
+    evaluation split gives None for it (`collate` drops it, evaluation leaves the image out); a training
+    split (`refill = True`, set by the data module) gives the next readable image instead, so a batch
+    keeps its size: a batch shrunk to one image would stop SSDLite's batch norm, and a smaller one
+    would weigh its images differently.
+
     Args:
         transform: Albumentations Compose with bbox params (see `tasks.detection.transforms`).
         skip_corrupt: Skip images that cannot be decoded (with a warning) instead of failing.
@@ -127,10 +133,12 @@ class DetectionDataset(Dataset):
     class_names: list[str]
     category_ids: list[int]
     source: str
+    refill: bool = False
 
     def __init__(self, transform: Callable | None = None, skip_corrupt: bool = False) -> None:
         self.transform = transform
         self.skip_corrupt = skip_corrupt
+        self.corrupt: set[int] = set()  # indices found undecodable (per process: workers find their own)
 
     @property
     def num_classes(self) -> int:
@@ -145,13 +153,27 @@ class DetectionDataset(Dataset):
         return read_rgb(record.path)
 
     def __getitem__(self, index: int) -> dict | None:
+        item = self._item(index)
+        if item is not None or not self.refill:
+            return item
+        for step in range(1, len(self)):  # the next readable image takes the corrupt one's place
+            item = self._item((index + step) % len(self))
+            if item is not None:
+                return item
+        raise CorruptImageError(f"every image of {self.source} is corrupt; nothing to train on")
+
+    def _item(self, index: int) -> dict | None:
+        if index in self.corrupt:
+            return None
         record = self.records[index]
         try:
             image = self.load_image(record)
-        except CorruptImageError:
+        except CorruptImageError as err:
             if not self.skip_corrupt:
                 raise
-            warnings.warn(f"skipping corrupt image {record.path} (skip_corrupt=True)", stacklevel=2)
+            self.corrupt.add(index)
+            instead = "the next readable image is used instead" if self.refill else "left out"
+            warnings.warn(f"skipping corrupt image {record.path} (skip_corrupt=True; {instead}): {err}", stacklevel=3)
             return None
         keep = ~record.difficult if len(record.difficult) else np.ones(len(record.boxes), dtype=bool)
         boxes, labels = record.boxes[keep], record.labels[keep]
