@@ -1,11 +1,11 @@
-"""The one LightningCLI subclass every task uses: `python -m tasks.X fit|validate|test|predict`."""
+"""The one LightningCLI subclass every task uses: `python -m tasks.X fit|validate|test|predict|export`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import lazy_instance
+from jsonargparse import ActionYesNo, lazy_instance
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -28,6 +28,31 @@ class LiteDenseCLI(LightningCLI):
             default=None,
             help="Backbone name (see `python -m backbones.table`); shortcut for --model.backbone.",
         )
+        parser.add_argument(
+            "--onnx",
+            type=str | None,
+            default=None,
+            help="validate / test / predict an exported .onnx file (fp32 or int8) through onnxruntime instead of "
+            "the PyTorch model (docs/deploy.md); its model settings come from the file.",
+        )
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's subcommands and `export` (`tasks.common.deploy.onnx_export.DeployTrainer.export`)."""
+        # int8 and raw are added as flags below (a bare `--int8`), not as `--int8 true` method arguments.
+        return {**LightningCLI.subcommands(), "export": {"model", "datamodule", "int8", "raw"}}
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        """Lightning's, plus export's `--int8` / `--raw` flags."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "export":
+            for flag, text in (
+                ("int8", "quantize to int8 (static QDQ), calibrated on --calibration_batches training batches"),
+                ("raw", "export the raw head outputs (detection: offsets, logits, default boxes; no NMS)"),
+            ):
+                parser.add_argument(f"--{flag}", action=ActionYesNo, default=False, help=text)
+                self._subcommand_method_arguments[subcommand].append(flag)
+        return parser
 
     def _check_ckpt_path(self) -> None:
         """Resolve `--ckpt_path last` and refuse a missing, truncated or other-task checkpoint, in one line.
@@ -55,7 +80,27 @@ class LiteDenseCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Check the checkpoint path first (`_check_ckpt_path`), then let Lightning read its hyperparameters."""
         self._check_ckpt_path()
+        ckpt_path = self.config.get(self.config.get("subcommand") or "", {}).get("ckpt_path")
+        if self.config.get("subcommand") == "export" and ckpt_path:  # export: the file must exist and be this task's
+            try:
+                check_checkpoint(ckpt_path, self._model_class.__module__.split(".")[1])
+            except CheckpointError as err:
+                raise SystemExit(f"error: {err}") from None
         super()._parse_ckpt_path()
+
+    def after_instantiate_classes(self) -> None:
+        """With `--onnx`, replace the model by the task's evaluator of the exported file."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if not config.get("onnx"):
+            return
+        if self.subcommand not in ("validate", "test", "predict"):
+            raise ValueError(f"--onnx runs validate, test or predict on an exported file, not {self.subcommand}")
+        if config.get("ckpt_path"):
+            raise ValueError("give --onnx or --ckpt_path, not both: the exported file holds its weights")
+        from tasks.common.deploy.onnx_export import task_of
+        from tasks.common.deploy.runtime import load_onnx_module
+
+        self.model = load_onnx_module(config.onnx, task_of(self._model_class))
 
     def before_instantiate_classes(self) -> None:
         """Copy `--backbone` into the model's arguments."""
@@ -91,9 +136,12 @@ def run_cli(
     """
     defaults = dict(trainer_defaults or {})
     defaults.setdefault("logger", lazy_instance(TensorBoardLogger, save_dir="runs", name=task))
+    from tasks.common.deploy.onnx_export import DeployTrainer  # Trainer + the `export` subcommand
+
     return LiteDenseCLI(
         model_class,
         datamodule_class,
+        trainer_class=DeployTrainer,
         trainer_defaults=defaults,
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
