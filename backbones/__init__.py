@@ -30,6 +30,7 @@ from backbones import (  # noqa: F401
 )
 from backbones._base import Backbone
 from backbones._features import FeatureInfo
+from backbones._inference import fuse_for_inference
 from backbones._registry import create_backbone, get_backbone_entry, list_backbones, register_backbone
 from backbones._weights import WeightsMismatchError, read_state_dict
 
@@ -38,6 +39,7 @@ __all__ = [
     "FeatureInfo",
     "WeightsMismatchError",
     "create_backbone",
+    "fuse_for_inference",
     "get_backbone_entry",
     "list_backbones",
     "read_state_dict",
