@@ -168,9 +168,18 @@ class DepthModule(TaskModule):
             self.print(f"{stage} epoch {self.current_epoch}: {summary}")
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        """Per image {"name", "depth": (H, W) metres} (relative models: unaligned 1 / output)."""
-        depth = self.to_depth(self(batch["image"]))  # (N, 1, H, W)
-        return [{"name": name, "depth": d[0]} for name, d in zip(batch["name"], depth)]
+        """Per image {"name", "depth": (H, W) metres at its file's size} (relative models: unaligned 1 / output).
+
+        The network sees `image_size`; each map is resized back (bilinearly) to its photo's size and
+        aspect, as displayed (EXIF orientation applied), so it overlays the photo.
+        """
+        depth = self.to_depth(self(batch["image"]))  # (N, 1, h, w)
+        out = []
+        for name, d, size in zip(batch["name"], depth, batch["size"]):
+            if tuple(d.shape[-2:]) != tuple(size):
+                d = nn.functional.interpolate(d[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+            out.append({"name": name, "depth": d[0]})  # (H, W)
+        return out
 
     def prediction_writer(self) -> Callback:
         """16-bit and colour-mapped depth PNGs."""

@@ -61,11 +61,24 @@ def depth_panels(image: Tensor, gt: Tensor, pred: Tensor, max_depth: float, rows
     return torch.cat(out, dim=1)
 
 
-def depth_to_uint8_rgb(depth: np.ndarray, vmax: float | None = None) -> np.ndarray:
-    """(H, W) depth -> (H, W, 3) uint8 colour map (scaled to the image's own 99th percentile by default)."""
-    values = torch.from_numpy(np.asarray(depth, dtype=np.float32))
-    if vmax is None:
-        finite = values[torch.isfinite(values) & (values > 0)]
-        vmax = float(torch.quantile(finite, 0.99)) if finite.numel() else 1.0
-    rgb = colorize(values, 0.0, vmax)
+def depth_to_uint8_rgb(depth: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+    """(H, W) depth -> (H, W, 3) uint8 colour map; pixels without depth (0, NaN, inf) are black.
+
+    By default the colours span the image's own valid depths, from their 1st to their 99th percentile
+    (not from 0: a wall 5.0-5.2 m away would otherwise get the last few percent of the colour map and
+    look uniformly dark).
+
+    Args:
+        depth: (H, W) metres.
+        vmin: Depth of the colour map's first colour; None for the 1st percentile of the valid depths.
+        vmax: Depth of its last colour; None for their 99th percentile.
+    """
+    values = np.asarray(depth, dtype=np.float32)
+    valid = np.isfinite(values) & (values > 0)
+    if vmin is None or vmax is None:
+        # numpy, not torch.quantile, which refuses more than 2^24 values (a 48-megapixel photo).
+        low, high = np.percentile(values[valid], (1, 99)) if valid.any() else (0.0, 1.0)
+        vmin = float(low) if vmin is None else vmin
+        vmax = float(high) if vmax is None else vmax
+    rgb = colorize(torch.from_numpy(values), vmin, vmax, valid=torch.from_numpy(valid))
     return (rgb.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)

@@ -16,6 +16,9 @@ from tasks.depth.visualize import depth_to_uint8_rgb
 class DepthPredictionWriter(TaskPredictionWriter):
     """Writes `<name>_depth.png` (uint16, metres * depth_scale, 0 = invalid) and `<name>_color.png`.
 
+    Both are at the photo's size (`DepthModule.predict_step` resizes the prediction back); the colour
+    map spans the image's own depth range (`depth_to_uint8_rgb`).
+
     Args:
         depth_scale: Stored units per metre (1000: millimetres, as NYU and 7-Scenes store depth).
     """

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tasks.common.data import PredictFolder
@@ -391,3 +392,131 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# --- 8. Depth predict: maps at the photo's size; colour maps span the valid range ------------------------
+
+
+def _depth_predict(folder: Path, out: Path) -> None:
+    from tasks.depth.cli import main
+
+    main(["predict", f"--data.predict_dir={folder}", f"--data.predict_output_dir={out}", "--trainer.logger=false"])
+
+
+def test_8_depth_predict_writes_maps_at_the_photo_size(tmp_path, monkeypatch):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(_smooth_photo(75, 100)).save(folder / "wide.png")  # 4:3, not the network's 128x96
+    _save_with_orientation(_smooth_photo(60, 90), folder / "phone.jpg", 6)  # displays as 60 wide, 90 high
+    monkeypatch.chdir(tmp_path)
+    _depth_predict(folder, tmp_path / "out")
+    for name, size in (("wide", (100, 75)), ("phone", (60, 90))):
+        depth, colour = (
+            Image.open(tmp_path / "out" / f"{name}_depth.png"),
+            Image.open(tmp_path / "out" / f"{name}_color.png"),
+        )
+        assert depth.size == size and colour.size == size, name  # (W, H) as displayed
+        assert depth.mode.startswith("I;16") and np.asarray(depth).max() > 0
+
+
+def test_8_depth_predict_at_the_size_of_a_real_frame(tmp_path, monkeypatch, shared_data):
+    frame = shared_data / SEVENSCENES / "frame-000000.color.jpg"
+    if not frame.is_file():
+        pytest.skip(f"7-Scenes sample not found under {shared_data}")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(frame, folder / "kitchen.jpg")
+    monkeypatch.chdir(tmp_path)
+    _depth_predict(folder, tmp_path / "out")
+    assert Image.open(tmp_path / "out" / "kitchen_depth.png").size == Image.open(frame).size == (640, 480)
+
+
+def test_8_colour_map_of_a_narrow_depth_range_spans_the_colour_map():
+    import matplotlib
+
+    from tasks.depth.visualize import depth_to_uint8_rgb
+
+    depth = np.linspace(5.0, 5.2, 100 * 80, dtype=np.float32).reshape(80, 100)  # a wall 5 m away
+    depth[:4] = 0.0  # no measurement
+    rgb = depth_to_uint8_rgb(depth)
+    cmap = matplotlib.colormaps["magma_r"]
+    near, far = (np.round(np.asarray(cmap(v)[:3]) * 255).astype(int) for v in (0.0, 1.0))
+    np.testing.assert_allclose(rgb[4, 0], near, atol=1)  # the nearest valid depth: the first colour
+    np.testing.assert_allclose(rgb[-1, -1], far, atol=1)  # the farthest: the last colour
+    assert (rgb[:4] == 0).all()  # invalid pixels stay black
+    # The middle of the range is the middle of the colour map (not the 96 % a scale from 0 gives it).
+    middle = np.round(np.asarray(cmap(0.5)[:3]) * 255).astype(int)
+    assert np.abs(rgb[42, 50].astype(int) - middle).max() <= 12
+
+
+def test_8_colour_map_of_a_real_depth_frame(shared_data):
+    from tasks.depth.datasets.rgbd_folder import read_depth_png
+    from tasks.depth.visualize import depth_to_uint8_rgb
+
+    path = shared_data / SEVENSCENES / "frame-000000.depth.png"
+    if not path.is_file():
+        pytest.skip(f"7-Scenes sample not found under {shared_data}")
+    depth = read_depth_png(path, 1000.0, (0, 65535))
+    valid = depth > 0
+    near_wall = np.where(valid, 2.0 + (depth - depth[valid].min()) * 0.05, 0.0)  # squeezed into ~10 cm
+    rgb = depth_to_uint8_rgb(near_wall).reshape(-1, 3)[valid.ravel()]
+    # Spread over the colour map: the brightest and darkest valid pixels differ by most of the range.
+    brightness = rgb.astype(int).sum(axis=1)
+    assert brightness.max() - brightness.min() > 500
+    assert (depth_to_uint8_rgb(near_wall)[~valid] == 0).all()
+
+
+# --- 9. Depth val/loss is the mean over valid pixels -------------------------------------------------------
+
+
+def _validate_l1(samples: list[dict]) -> tuple[float, float]:
+    """val/loss of an L1 depth model over `samples` (batches of 2), and the L1 over their valid pixels."""
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader
+
+    from tasks.common.data import stack_batch
+    from tasks.depth.module import DepthModule
+
+    torch.manual_seed(0)
+    model = DepthModule(loss="l1", channels_last=False)
+    loader = DataLoader(samples, batch_size=2, collate_fn=lambda b: stack_batch(b, ("image", "depth")))
+    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    logged = trainer.validate(model, loader, verbose=False)[0]["val/loss"]
+    model.eval()
+    errors, pixels = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            pred, depth = model(batch["image"]), batch["depth"]
+            valid = (depth > 0) & (depth <= model.hparams.max_depth)
+            errors += float((pred - depth).abs()[valid].sum())
+            pixels += int(valid.sum())
+    return logged, errors / pixels
+
+
+def test_9_batches_without_valid_pixels_do_not_pull_the_loss_down_synthetic():
+    from tasks.depth.datasets import SyntheticDepthScenes
+    from tasks.depth.transforms import eval_transform
+
+    scenes = SyntheticDepthScenes(4, 0, 48, 64, transform=eval_transform((48, 64)))
+    samples = [dict(scenes[i]) for i in range(4)]
+    for sample in samples[2:]:  # the second batch: a sensor that returned nothing
+        sample["depth"] = torch.zeros_like(sample["depth"])
+    logged, reference = _validate_l1(samples)
+    assert logged == pytest.approx(reference, rel=1e-4)  # was half of it: (L + 0) / 2
+
+
+def test_9_real_frames_with_an_empty_depth_map(tmp_path, shared_data):
+    from tasks.depth.datasets import RGBDPairDataset
+    from tasks.depth.datasets.rgbd_folder import folder_pairs
+    from tasks.depth.transforms import eval_transform
+
+    source = shared_data / SEVENSCENES
+    if not source.is_dir():
+        pytest.skip(f"7-Scenes sample not found under {shared_data}")
+    pairs = folder_pairs(source)[:6]
+    dataset = RGBDPairDataset(pairs, 1000.0, (0, 65535), eval_transform((48, 64)))
+    samples = [dict(dataset[i]) for i in range(6)]
+    samples[3]["depth"] = torch.zeros_like(samples[3]["depth"])  # a frame whose depth PNG is all 0
+    samples[2]["depth"] = torch.zeros_like(samples[2]["depth"])
+    logged, reference = _validate_l1(samples)
+    assert logged == pytest.approx(reference, rel=1e-4)
