@@ -143,7 +143,9 @@ class DepthModule(TaskModule):
         """
         pred = self(batch["image"]).float()
         depth = batch["depth"]
-        self.log(f"{stage}/loss", self._loss(pred, depth), batch_size=len(pred), sync_dist=True)
+        # Weighted by valid pixels: a batch without one adds nothing to the epoch's mean (not a zero loss).
+        pixels = int(valid_mask(depth, 0.0, self.hparams.max_depth).sum())
+        self.log(f"{stage}/loss", self._loss(pred, depth), batch_size=pixels, sync_dist=True)
         with self.full_precision():
             pred_depth = self.to_depth(pred, depth)
         keep, indices = self.evaluation_samples(stage, len(pred))
