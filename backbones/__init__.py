@@ -18,11 +18,13 @@ blocks of our own nets (`_shuffle_blocks.py`, `_skipblock_blocks.py`); and the d
 # Each family module registers its names on import.
 from backbones import (  # noqa: F401
     efficientnet,
+    efficientnet_v2,
     ghostnet,
     mobilenet_v1,
     mobilenet_v2,
     mobilenet_v3,
     pp_lcnet,
+    resnet,
     shufflenet_v1,
     shufflenet_v2,
     skipblocknet,

@@ -23,7 +23,13 @@ from torch import Tensor, nn
 from backbones._base import Backbone, resolve_out_indices
 from backbones._features import FeatureInfo
 from backbones._registry import Pretrained
-from backbones._timm_internals import DepthwiseSeparableConv, EfficientNet, InvertedResidual, MobileNetV3Features
+from backbones._timm_internals import (
+    DepthwiseSeparableConv,
+    EdgeResidual,
+    EfficientNet,
+    InvertedResidual,
+    MobileNetV3Features,
+)
 from backbones._weights import load_checked, read_state_dict
 
 # Keys of a MobileNetV3 classifier checkpoint that its features model lacks: all after the global pooling.
@@ -57,6 +63,10 @@ def _check_tap_block(block: nn.Module, architecture: str) -> int:
         return block.conv_pw.out_channels
     if type(block) is DepthwiseSeparableConv and block.conv_s2d is None and not block.has_skip:
         return block.conv_dw.in_channels
+    if type(block) is EdgeResidual and not block.has_skip:
+        # EfficientNetV2's FusedMBConv: its expansion is the strided 3x3 conv itself, so no expanded map
+        # exists at the input's stride; like a depthwise-separable block, its tap is its input.
+        return block.conv_exp.in_channels
     raise NotImplementedError(
         f"{architecture}: no expansion tap is defined for a downsampling block of type {type(block).__name__} "
         f"(with a skip connection or space-to-depth stem)"
@@ -67,7 +77,8 @@ def _tap_forward(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
     """Run a tap block, returning (its expansion tap, its output).
 
     Equals timm's `InvertedResidual.forward` for blocks without a skip (checked when built), with the
-    expanded activations kept on the way.
+    expanded activations kept on the way. Blocks without a 1x1 expansion at their input's stride
+    (DepthwiseSeparableConv, EfficientNetV2's FusedMBConv `EdgeResidual`) are tapped at their input.
     """
     if isinstance(block, _ExpansionOnly):
         return block(x), None

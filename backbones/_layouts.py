@@ -6,7 +6,10 @@ GhostNet, Xception), and the reference implementation's for our own nets (torchv
 the official ShuffleNetV1 and SkipblockNet code). This module detects the layout of a state dict by key
 patterns and converts the foreign layouts that describe a net we wrap:
 
-- torchvision MobileNetV2, MobileNetV3-Large/Small and EfficientNet B0-B7 (`features.N...`) -> timm;
+- torchvision MobileNetV2, MobileNetV3-Large/Small, EfficientNet B0-B7 and EfficientNetV2 (`features.N...`)
+  -> timm;
+- torchvision ResNet (`conv1`, `bn1`, `layer1.0.conv1`, `fc`): timm's ResNet keeps these names, so the keys
+  stay as they are;
 - lukemelas EfficientNet-PyTorch, B0-B3 and the Lite models (`_conv_stem`, `_blocks.N`, `_fc`) -> timm;
 - litedense's own `Backbone.state_dict()` (every key under `model.`) -> the wrapped model's layout.
 
@@ -72,6 +75,10 @@ LAYOUTS: dict[str, Layout] = {
                "mobilenet_v3_large, mobilenet_v3_small", "timm", bn_eps=1e-3),
         Layout("torchvision-efficientnet", "torchvision EfficientNet (`features.S.J.block...`, `classifier.1`)",
                "efficientnet_b0-b3", "timm"),
+        Layout("torchvision-efficientnet_v2", "torchvision EfficientNetV2 (`features.S.J.block...` with FusedMBConv "
+               "stages, `classifier.1`)", "efficientnet_v2_s", "timm", bn_eps=1e-3),
+        Layout("torchvision-resnet", "torchvision / timm ResNet (`conv1`, `bn1`, `layer1.0.conv1`, `fc`)",
+               "resnet18, resnet34, resnet50", "timm"),
         Layout("lukemelas-efficientnet", "lukemelas EfficientNet-PyTorch (`_conv_stem`, `_blocks.N`, `_fc`)",
                "efficientnet_b0-b3, efficientnet_lite0", "timm", padding="same"),
         Layout("torchvision-shufflenet_v2", "torchvision ShuffleNetV2 (`conv1`, `stage2.N.branch1/2`, `conv5`, `fc`)",
@@ -106,10 +113,12 @@ def detect_layout(keys: Iterable[str]) -> Layout | None:
     Rules, checked in this order (see docs/weights.md):
     every key under `model.` -> litedense; `features.0.0.weight` with `features.1.conv.*` -> torchvision
     MobileNetV2, with `features.1.block.*` -> torchvision MobileNetV3, with `features.1.0.block.*` ->
-    torchvision EfficientNet; `_conv_stem.weight` and `_blocks.0.*` -> lukemelas; `conv_stem.weight` (or
+    torchvision EfficientNet, or EfficientNetV2 when that first block has no `block.1` (a FusedMBConv
+    without expansion: one conv; EfficientNet's first block is depthwise, SE, project);
+    `_conv_stem.weight` and `_blocks.0.*` -> lukemelas; `conv_stem.weight` (or
     timm's Xception stems `conv1.weight` + `block1.*`, `stem.conv1.weight`) -> timm; `conv1.0.weight` with
     `stage2.*` -> torchvision ShuffleNetV2; `first_conv.0.weight` -> ShuffleNetV1; `first_layer.0.weight`
-    -> SkipblockNet.
+    -> SkipblockNet; `conv1.weight` with `layer1.*` -> ResNet (torchvision's keys, which timm's share).
 
     Args:
         keys: The state dict's keys (wrappers and DataParallel prefixes already removed).
@@ -131,7 +140,9 @@ def detect_layout(keys: Iterable[str]) -> Layout | None:
         if has_prefix("features.1.block."):
             return LAYOUTS["torchvision-mobilenet_v3"]
         if has_prefix("features.1.0.block."):
-            return LAYOUTS["torchvision-efficientnet"]
+            if has_prefix("features.1.0.block.1."):
+                return LAYOUTS["torchvision-efficientnet"]
+            return LAYOUTS["torchvision-efficientnet_v2"]
     if "_conv_stem.weight" in present and has_prefix("_blocks.0."):
         return LAYOUTS["lukemelas-efficientnet"]
     if "conv_stem.weight" in present or "stem.conv1.weight" in present:
@@ -144,6 +155,8 @@ def detect_layout(keys: Iterable[str]) -> Layout | None:
         return LAYOUTS["official-shufflenet_v1"]
     if "first_layer.0.weight" in present:
         return LAYOUTS["official-skipblocknet"]
+    if "conv1.weight" in present and has_prefix("layer1."):
+        return LAYOUTS["torchvision-resnet"]
     return None
 
 
@@ -318,6 +331,52 @@ def convert_torchvision_efficientnet(state_dict: Mapping[str, Tensor]) -> dict[s
     return out
 
 
+def _torchvision_v2_block(tensors: Mapping[str, Tensor], where: str) -> dict[str, Tensor]:
+    """The timm keys of a torchvision EfficientNetV2 block: FusedMBConv (one or two convs) or MBConv.
+
+    A FusedMBConv without expansion is one 3x3 conv (timm's `ConvBnAct`: `conv`, `bn1`); with expansion a
+    strided 3x3 conv that expands and a 1x1 projection (timm's `EdgeResidual`: `conv_exp`/`bn1`,
+    `conv_pwl`/`bn2`). An MBConv (expand, depthwise, SE, project) is timm's `InvertedResidual`.
+    """
+    parts: dict[int, dict[str, Tensor]] = {}
+    for rest, value in tensors.items():
+        match = re.fullmatch(r"block\.(\d+)\.(.+)", rest)
+        if not match:
+            raise ValueError(f"{where}: unexpected key {rest!r} in a torchvision block")
+        parts.setdefault(int(match.group(1)), {})[match.group(2)] = value
+    if any(k.startswith("fc1.") for sub in parts.values() for k in sub):
+        return _torchvision_block(tensors, where)  # MBConv
+    names = {1: (("conv", "bn1"),), 2: (("conv_exp", "bn1"), ("conv_pwl", "bn2"))}.get(len(parts))
+    if names is None:
+        raise ValueError(f"{where}: a FusedMBConv of {len(parts)} convolutions matches no timm block")
+    out: dict[str, Tensor] = {}
+    for (conv, bn), (_, sub) in zip(names, sorted(parts.items())):
+        out |= _conv_bn(sub, conv, bn)
+    return out
+
+
+def convert_torchvision_efficientnet_v2(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Convert torchvision `efficientnet_v2_s/m/l()` keys to timm `efficientnetv2_*` keys, classifier included.
+
+    The same frame as EfficientNet (`features.0` stem, `features.S.J` the blocks of stage S-1, the last
+    `features.N` the 1x1 head conv, `classifier.1` the Linear); the FusedMBConv stages map to timm's
+    `ConvBnAct` / `EdgeResidual` blocks (`_torchvision_v2_block`).
+    """
+    where = "torchvision EfficientNetV2"
+    units = _index_units(state_dict, r"features\.(\d+)\.(.+)")
+    last = max(units)
+    out = _conv_bn(units.pop(0), "conv_stem", "bn1") | _conv_bn(units.pop(last), "conv_head", "bn2")
+    for s, tensors in units.items():
+        for j, block in _index_units(tensors, r"(\d+)\.(.+)").items():
+            converted = _torchvision_v2_block(block, f"{where} features.{s}.{j}")
+            out |= {f"blocks.{s - 1}.{j}.{k}": v for k, v in converted.items()}
+    out |= {
+        k.replace("classifier.1.", "classifier."): v for k, v in state_dict.items() if k.startswith("classifier.1.")
+    }
+    _expect_consumed(state_dict, {k for k in state_dict if k.startswith(("features.", "classifier.1."))}, where)
+    return out
+
+
 def efficientnet_stage_sizes(num_blocks: int) -> tuple[int, ...]:
     """The timm stage sizes of an EfficientNet (B0-B7, Lite) with `num_blocks` MBConv blocks in all.
 
@@ -385,6 +444,7 @@ _CONVERTERS: dict[str, Callable[[Mapping[str, Tensor]], dict[str, Tensor]]] = {
     "torchvision-mobilenet_v2": convert_torchvision_mobilenet_v2,
     "torchvision-mobilenet_v3": convert_torchvision_mobilenet_v3,
     "torchvision-efficientnet": convert_torchvision_efficientnet,
+    "torchvision-efficientnet_v2": convert_torchvision_efficientnet_v2,
     "lukemelas-efficientnet": convert_lukemelas_efficientnet,
 }
 

@@ -49,5 +49,6 @@ def not_scriptable(what: str) -> RuntimeError:
     """The refusal of a module TorchScript cannot compile, naming what works instead."""
     return RuntimeError(
         f"{what} is not TorchScript-scriptable (only the backbones whose network timm builds are: efficientnet_*, "
-        f"mobilenet_v1/v2/v3_*, pp_lcnet). Use torch.jit.trace, torch.export.export or torch.compile instead."
+        f"efficientnet_v2_*, mobilenet_v1/v2/v3_*, pp_lcnet, resnet*). Use torch.jit.trace, torch.export.export "
+        f"or torch.compile instead."
     )

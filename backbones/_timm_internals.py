@@ -9,7 +9,7 @@ only means a timm upgrade breaks one file, and its import error names what moved
 
 from __future__ import annotations
 
-from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
+from timm.models._efficientnet_blocks import DepthwiseSeparableConv, EdgeResidual, InvertedResidual, SqueezeExcite
 from timm.models._efficientnet_builder import decode_arch_def, resolve_act_layer, resolve_bn_args, round_channels
 from timm.models._features import FeatureInfo as TimmFeatureInfo
 from timm.models._features import feature_take_indices
@@ -18,6 +18,7 @@ from timm.models.mobilenetv3 import MobileNetV3Features, _create_mnv3, _gen_lcne
 
 __all__ = [
     "DepthwiseSeparableConv",
+    "EdgeResidual",
     "EfficientNet",
     "InvertedResidual",
     "MobileNetV3Features",

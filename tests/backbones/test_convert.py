@@ -75,11 +75,11 @@ def test_bad_inputs_fail_with_the_file_named(tmp_path, capsys):
     text.write_text("not weights")
     assert main([str(text), str(tmp_path / "x.safetensors")]) == 1
     assert "notes.pth is not a readable PyTorch checkpoint" in capsys.readouterr().err
-    resnet = tmp_path / "resnet.pth"
-    torch.save(tvm.resnet18().state_dict(), resnet)
-    assert main([str(resnet), str(tmp_path / "x.safetensors")]) == 1
+    unknown = tmp_path / "squeezenet.pth"  # a layout litedense does not read
+    torch.save(tvm.squeezenet1_1().state_dict(), unknown)
+    assert main([str(unknown), str(tmp_path / "x.safetensors")]) == 1
     err = capsys.readouterr().err
     assert "none litedense recognises" in err and "torchvision-mobilenet_v2" in err
     with pytest.raises(ValueError, match="safetensors"):
-        convert_file(resnet, tmp_path / "x.pth")
+        convert_file(unknown, tmp_path / "x.pth")
     assert not (tmp_path / "x.safetensors").exists()

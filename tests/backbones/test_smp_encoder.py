@@ -184,7 +184,9 @@ def test_smps_table_path_dilates_and_adapts_channels():
     assert encoder.out_channels[0] == 1 and encoder.model.backbone.in_chans == 1
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_b0", "mobilenet_v3_small"])
+@pytest.mark.parametrize(
+    "name", ["mobilenet_v2", "efficientnet_b0", "mobilenet_v3_small", "resnet18", "efficientnet_v2_b0"]
+)
 def test_timm_built_encoders_script_and_match_eager(name):
     encoder = smp_encoders.get_encoder(f"lw-{name}", depth=5, output_stride=16).eval()
     assert encoder._is_torch_scriptable

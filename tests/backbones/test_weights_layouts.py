@@ -33,6 +33,7 @@ TORCHVISION_NETS = [
     ("efficientnet_b1", {}, tvm.efficientnet_b1),
     ("efficientnet_b2", {}, tvm.efficientnet_b2),
     ("efficientnet_b3", {}, tvm.efficientnet_b3),
+    ("efficientnet_v2_s", {}, tvm.efficientnet_v2_s),
     ("shufflenet_v2", {}, tvm.shufflenet_v2_x1_0),
 ]
 LUKEMELAS_NETS = [
@@ -159,6 +160,8 @@ def test_every_layout_is_detected(tmp_path):
         "torchvision-mobilenet_v2": tvm.mobilenet_v2(),
         "torchvision-mobilenet_v3": tvm.mobilenet_v3_small(),
         "torchvision-efficientnet": tvm.efficientnet_b0(),
+        "torchvision-efficientnet_v2": tvm.efficientnet_v2_s(),
+        "torchvision-resnet": tvm.resnet18(),
         "torchvision-shufflenet_v2": tvm.shufflenet_v2_x0_5(),
         "lukemelas-efficientnet": _lukemelas("efficientnet-lite0"),
         "official-shufflenet_v1": create_backbone("shufflenet_v1"),
@@ -169,16 +172,17 @@ def test_every_layout_is_detected(tmp_path):
         assert detect_layout(model.state_dict()).name == layout
     timm_keys = {k.removeprefix("model."): v for k, v in create_backbone("xception").state_dict().items()}
     assert detect_layout(timm_keys).name == "timm"
-    assert detect_layout(tvm.resnet18().state_dict()) is None
+    assert detect_layout(tvm.efficientnet_v2_m().state_dict()).name == "torchvision-efficientnet_v2"
+    assert detect_layout(tvm.squeezenet1_1().state_dict()) is None
     assert set(cases) | {"timm"} == set(LAYOUTS)
 
 
 def test_unrecognised_layout_lists_accepted_layouts(tmp_path):
-    path = _save(tvm.resnet18(), tmp_path / "resnet18.pth")
+    path = _save(tvm.squeezenet1_1(), tmp_path / "squeezenet.pth")
     with pytest.raises(WeightsMismatchError) as info:
         create_backbone("mobilenet_v2", pretrained=path)
     message = str(info.value)
-    assert "resnet18.pth" in message and "layer1." in message  # the file and its keys
+    assert "squeezenet.pth" in message and "features.3.squeeze" in message  # the file and its keys
     for layout in LAYOUTS:
         assert layout in message
 
