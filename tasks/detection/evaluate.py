@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--gt", required=True, help="COCO instances JSON (ground truth)")
     parser.add_argument("--results", required=True, help="COCO results JSON (list of detections)")
     parser.add_argument("--iou-type", default="bbox", choices=("bbox", "segm"))
-    parser.add_argument("--backend", default="pycocotools", choices=("pycocotools", "faster_coco_eval"))
+    parser.add_argument("--backend", default="auto", choices=("auto", "pycocotools", "faster_coco_eval"))
     parser.add_argument("--json", default=None, help="write {AP, AP50, ..., ARl} here at full precision")
     args = parser.parse_args(argv)
     try:

@@ -98,7 +98,8 @@ class DetectionModule(TaskModule):
         nms_thresh: Per-class NMS IoU.
         topk_candidates: Candidates per class before NMS.
         detections_per_img: Detections kept per image.
-        eval_backend: "pycocotools" or "faster_coco_eval" (same numbers).
+        eval_backend: "auto" (faster-coco-eval when installed, else pycocotools), "pycocotools" or
+            "faster_coco_eval" (same numbers).
         weight_decay: Weight decay (TF's SSDLite: 4e-5).
         schedule: Learning-rate schedule; "cosine" by default.
         warmup_epochs: Linear warm-up before the schedule.
@@ -133,7 +134,7 @@ class DetectionModule(TaskModule):
         nms_thresh: float = 0.55,
         topk_candidates: int = 300,
         detections_per_img: int = 100,
-        eval_backend: str = "pycocotools",
+        eval_backend: str = "auto",
         weight_decay: float = 4e-5,
         schedule: str = "cosine",
         warmup_epochs: float = 0.3,
