@@ -26,7 +26,7 @@ class LiteDenseCLI(LightningCLI):
             "--backbone",
             type=str | None,
             default=None,
-            help="Backbone name (see `python -m backbones.table`); shortcut for --model.backbone.",
+            help="Backbone name (see `python -m tools.backbone_table`); shortcut for --model.backbone.",
         )
         parser.add_argument(
             "--onnx",
