@@ -113,7 +113,7 @@ def test_predict_without_an_output_dir_writes_into_the_run(tmp_path, monkeypatch
     written = tmp_path / "runs" / "depth" / "version_0" / "predictions"
     assert {p.name for p in written.iterdir()} == {"a_depth.png", "a_color.png", "b_depth.png", "b_color.png"}
     depth = Image.open(written / "a_depth.png")
-    assert depth.mode.startswith("I;16") and depth.size == (32, 32)
+    assert depth.mode.startswith("I;16") and depth.size == (50, 37)  # the photo's size, not the network's 32x32
     assert 0 < np.asarray(depth).max() <= 10_000  # millimetres, within max_depth
 
 
