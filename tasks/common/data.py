@@ -12,6 +12,7 @@ predictions are written under), plus the task's own keys.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -144,7 +146,68 @@ def make_loader(
         collate_fn=collate_fn,
         drop_last=drop_last,
         persistent_workers=num_workers > 0,
+        # Page-locked batches copy to the GPU asynchronously; pointless (and a warning) without one.
+        pin_memory=torch.cuda.is_available(),
     )
+
+
+class LoaderBottleneckHint(Callback):
+    """Says, once, when the training loader is slower than the training step (the step waits for data).
+
+    Over training batches `skip` to `skip + window` of the first epoch it sums the time between one
+    batch's end and the next batch's start (waiting for the loader) and the time inside each batch
+    (forward, backward, optimizer step). When the wait is more than half the step time, the loader
+    delivers less than twice what the step consumes (the margin docs/speed.md aims for), and it prints a
+    hint naming the figures and `--data.num_workers`.
+
+    Args:
+        skip: Batches left out first (worker start-up, allocator warm-up, compilation).
+        window: Batches measured.
+    """
+
+    def __init__(self, skip: int = 3, window: int = 20) -> None:
+        self.skip, self.window = skip, window
+        self.wait = self.step = 0.0
+        self.seen = 0
+        self._mark: float | None = None
+        self.done = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        """Time since the previous batch ended: the data wait."""
+        now = time.perf_counter()
+        if not self.done and self._mark is not None and batch_idx >= self.skip:
+            self.wait += now - self._mark
+        self._start = now
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        """Time inside the batch: the step; report after `window` measured batches."""
+        now = time.perf_counter()
+        self._mark = now
+        if self.done or batch_idx < self.skip:
+            return
+        self.step += now - self._start
+        self.seen += 1
+        if self.seen >= self.window:
+            self.done = True
+            self.report(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        """A short first epoch: report on what was measured."""
+        if not self.done and self.seen >= 3:
+            self.report(trainer)
+        self.done, self._mark = True, None
+
+    def report(self, trainer) -> None:
+        """Print the hint when the wait exceeds half the step time."""
+        if self.step <= 0 or self.wait <= 0.5 * self.step:
+            return
+        loader = trainer.train_dataloader
+        workers = getattr(loader, "num_workers", "?")
+        rank_zero_info(
+            f"the training loader is the bottleneck: the step waited {1000 * self.wait / self.seen:.0f} ms per batch "
+            f"for data against {1000 * self.step / self.seen:.0f} ms of computation, over {self.seen} batches; "
+            f"raise --data.num_workers (now {workers}) if CPU cores are free, or lighten the augmentations"
+        )
 
 
 class TaskDataModule(LightningDataModule):

@@ -37,6 +37,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from torch import Tensor, nn
 
 from tasks.common.checkpoints import BestCheckpoint, LastCheckpoint, restore_rng_state, rng_state
+from tasks.common.data import LoaderBottleneckHint
 from tasks.common.distributed import duplicate_positions, loader_indices
 from tasks.common.optim import build_optimizer, build_schedule, check_options, warmup_steps
 
@@ -283,6 +284,7 @@ class TaskModule(LightningModule):
         if self._trainer is not None and self.trainer.logger is not None:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         callbacks.append(self.prediction_writer())
+        callbacks.append(LoaderBottleneckHint())  # one line when the step waits for the training loader
         return callbacks
 
     def deployable(self) -> nn.Module:

@@ -156,3 +156,35 @@ def test_default_backend_gives_pycocotools_numbers_on_coco_mini(shared_data, iou
         aps.append(reference[0])
     # Three different, non-trivial result sets: the comparison means something.
     assert all(0.02 < ap < 0.95 for ap in aps) and len({round(ap, 3) for ap in aps}) == 3, aps
+
+
+# --- the loader-bottleneck hint --------------------------------------------------------------------
+
+
+class _Trainer:
+    train_dataloader = torch.utils.data.DataLoader([0], num_workers=0)
+
+
+def _drive(hint, wait: float, step: float, batches: int) -> None:
+    import time
+
+    for i in range(batches):
+        time.sleep(wait)
+        hint.on_train_batch_start(_Trainer(), None, None, i)
+        time.sleep(step)
+        hint.on_train_batch_end(_Trainer(), None, None, None, i)
+
+
+@pytest.mark.parametrize(("wait", "expect"), [(0.02, True), (0.0, False)])
+def test_loader_hint_only_when_the_step_waits(wait, expect, monkeypatch):
+    from tasks.common import data
+
+    messages = []
+    monkeypatch.setattr(data, "rank_zero_info", messages.append)
+    hint = data.LoaderBottleneckHint(skip=1, window=4)
+    _drive(hint, wait, 0.01, 8)
+    assert bool(messages) == expect and len(messages) <= 1  # said once at most
+    if expect:
+        assert "--data.num_workers (now 0)" in messages[0]
+    callbacks = DepthModule(backbone="mobilenet_v3_small").configure_callbacks()
+    assert sum(isinstance(c, data.LoaderBottleneckHint) for c in callbacks) == 1  # every task gets it
