@@ -107,6 +107,8 @@ class LiteDenseCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.get("backbone"):
             config.model.backbone = config.backbone
+        if config.get("onnx") and config.get("model") is not None and config.model.get("pretrained"):
+            config.model.pretrained = False  # --onnx: the file holds the weights; the configured model is replaced
 
 
 def run_cli(
