@@ -70,6 +70,10 @@ class LiteDenseCLI(LightningCLI):
             if ckpt_path == "last":
                 root = Path(config.trainer.get("default_root_dir") or ".")
                 roots = [root / "runs" / task, root / "lightning_logs", root / "checkpoints"]
+                logger = config.trainer.get("logger")  # a logger given on the command line / in a config
+                save_dir = logger.get("init_args", {}).get("save_dir") if hasattr(logger, "get") else None
+                if save_dir:
+                    roots.insert(0, Path(save_dir))
                 ckpt_path = str(resolve_last(task, roots))
                 config.ckpt_path = ckpt_path
                 print(f"--ckpt_path last: resuming from {ckpt_path}")

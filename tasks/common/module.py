@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from tasks.common.checkpoints import BestCheckpoint, LastCheckpoint, restore_rng_state, rng_state
 from tasks.common.data import LoaderBottleneckHint
-from tasks.common.distributed import duplicate_positions, loader_indices
+from tasks.common.distributed import duplicate_positions, is_distributed, loader_indices
 from tasks.common.optim import build_optimizer, build_schedule, check_options, warmup_steps
 
 __all__ = ["LastCheckpoint", "TaskModule"]
@@ -89,6 +89,7 @@ class TaskModule(LightningModule):
         self.head: nn.Module | None = None
         self._eval_order: dict[str, tuple[list[int] | None, set[int], int]] = {}
         self._pending_rng: dict | None = None
+        self._eval_loss: dict[str, Tensor] = {}
 
     # --- the data module's classes -------------------------------------------------------------
     @property
@@ -201,12 +202,31 @@ class TaskModule(LightningModule):
         self.evaluate_batch(batch, batch_idx, "test")
 
     def on_validation_epoch_end(self) -> None:
-        """See `evaluate_epoch`."""
+        """See `evaluate_epoch`; then the epoch's loss (`add_eval_loss`)."""
         self.evaluate_epoch("val")
+        self._log_eval_loss("val")
 
     def on_test_epoch_end(self) -> None:
-        """See `evaluate_epoch`."""
+        """See `evaluate_epoch`; then the epoch's loss (`add_eval_loss`)."""
         self.evaluate_epoch("test")
+        self._log_eval_loss("test")
+
+    def add_eval_loss(self, stage: str, loss: Tensor, count: int) -> None:
+        """Add a batch's mean loss, weighing `count` (samples, or valid pixels), to the epoch's `<stage>/loss`.
+
+        Summed by us (loss x count, count) and reduced once at the epoch end: Lightning's own
+        `sync_dist` mean divides integer batch-size totals with truncation when the processes hold
+        different numbers of samples, which the sampler's padding makes them do.
+        """
+        total = self._eval_loss.setdefault(stage, torch.zeros(2, dtype=torch.float64))
+        total += torch.stack([loss.detach().double().cpu() * count, torch.tensor(float(count), dtype=torch.float64)])
+
+    def _log_eval_loss(self, stage: str) -> None:
+        total = self._eval_loss.pop(stage, torch.zeros(2, dtype=torch.float64)).to(self.device)
+        if is_distributed():
+            torch.distributed.all_reduce(total)
+        if total[1] > 0:
+            self.log_result(f"{stage}/loss", (total[0] / total[1]).float())
 
     @property
     def reporting(self) -> bool:

@@ -143,12 +143,13 @@ class DepthModule(TaskModule):
         """
         pred = self(batch["image"]).float()
         depth = batch["depth"]
+        keep, indices = self.evaluation_samples(stage, len(pred))
         # Weighted by valid pixels: a batch without one adds nothing to the epoch's mean (not a zero loss).
-        pixels = int(valid_mask(depth, 0.0, self.hparams.max_depth).sum())
-        self.log(f"{stage}/loss", self._loss(pred, depth), batch_size=pixels, sync_dist=True)
+        pixels = int(valid_mask(depth[keep], 0.0, self.hparams.max_depth).sum())
+        if pixels:
+            self.add_eval_loss(stage, self._loss(pred[keep], depth[keep]), pixels)
         with self.full_precision():
             pred_depth = self.to_depth(pred, depth)
-        keep, indices = self.evaluation_samples(stage, len(pred))
         kept = [i for i, k in zip(indices, keep.tolist()) if k]
         self.metrics[stage].update(pred_depth[keep], depth[keep], kept)
         if self.should_log_images(batch_idx):

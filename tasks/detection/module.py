@@ -217,7 +217,9 @@ class DetectionModule(TaskModule):
         if not targets:
             return
         losses, box_regression, cls_logits = self._loss(images, targets)
-        self.log(f"{stage}/loss", losses["loss"], batch_size=images.shape[0], sync_dist=True)
+        # The loss is normalised per batch (by its matched boxes), so under DDP the epoch's loss is close
+        # to, not exactly, one process's; the metrics are exact (`evaluate_epoch`).
+        self.add_eval_loss(stage, losses["loss"], images.shape[0])
         detections = self.detect(images, box_regression, cls_logits, batch["size"])
         for det, image_id in zip(detections, batch["image_id"]):
             self._outputs.append({"image_id": image_id, **{k: v.cpu() for k, v in det.items()}})
@@ -244,14 +246,16 @@ class DetectionModule(TaskModule):
         if dataset is None or not outputs:
             self.log_result(f"{stage}/mAP", 0.0)
             return
-        summary = self._evaluate(stage, dataset, outputs) if self.trainer.is_global_zero else None
+        # Trainer.log_dir broadcasts from rank 0: every process asks, before only rank 0 evaluates.
+        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        summary = self._evaluate(stage, dataset, outputs, out_dir) if self.trainer.is_global_zero else None
         metrics, voc_map50 = broadcast_object(summary)
         self.log_result(f"{stage}/mAP", metrics["AP"], prog_bar=True)
         self.log_result(f"{stage}/mAP50", metrics["AP50"])
         self.log_result(f"{stage}/mAP75", metrics["AP75"])
         self.log_result(f"{stage}/voc_mAP50", voc_map50, prog_bar=True)
 
-    def _evaluate(self, stage: str, dataset: Any, outputs: list[dict]) -> tuple[dict[str, float], float]:
+    def _evaluate(self, stage: str, dataset: Any, outputs: list[dict], out_dir: Path) -> tuple[dict[str, float], float]:
         """COCO and VOC numbers of all the split's detections (one process); files and summary in validate / test."""
         if self._gt is None or self._gt[0] is not dataset:  # index the ground truth once per dataset
             self._gt = (dataset, coco_from_dict(dataset.to_coco()))
@@ -267,7 +271,6 @@ class DetectionModule(TaskModule):
                         for o in outputs]  # fmt: skip
         voc = voc_map(outputs, ground_truth, dataset.num_classes)
         if final and self.reporting:
-            out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
             write_json_atomic(out_dir / f"detections_{stage}.json", results)
             write_json_atomic(out_dir / f"metrics_{stage}.json", {**metrics, "voc_mAP50": voc["mAP"]})
             print(f"COCO bbox evaluation of the {stage} split ({len(outputs)} images, {dataset.source}):")

@@ -121,11 +121,11 @@ class SegmentationModule(TaskModule):
         matrix (`evaluation_samples`), so the summed matrix counts every image once.
         """
         logits = self(batch["image"]).float()
-        loss = self._loss(logits, batch["mask"])
         preds = logits.argmax(1)  # (N, H, W)
         keep, _ = self.evaluation_samples(stage, len(preds))
         self.metrics[stage].update(preds[keep], batch["mask"][keep])
-        self.log(f"{stage}/loss", loss, batch_size=len(preds), sync_dist=True)
+        if keep.any():
+            self.add_eval_loss(stage, self._loss(logits[keep], batch["mask"][keep]), int(keep.sum()))
         if self.should_log_images(batch_idx):
             n = self.hparams.log_images
             panel = comparison_panel(batch["image"][:n], batch["mask"][:n], preds[:n], self.hparams.num_classes)
