@@ -199,7 +199,7 @@ def fuse_for_inference(
             in_chans = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         probe = torch.randn(1, in_chans, 64, 64, generator=torch.Generator().manual_seed(0)).to(device)
-    was_training = model.training
+    modes = {module: module.training for module in model.modules()}  # each module's own, restored below
     model.eval()
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     try:
@@ -226,7 +226,8 @@ def fuse_for_inference(
             parameter.requires_grad_(False)
         fused.fused_pairs = len(pairs)  # how many batch norms were folded (reported by the benchmarks)
     finally:
-        model.train(was_training)
+        for module, training in modes.items():
+            module.training = training
     if channels_last:
         fused = ChannelsLast(fused.to(memory_format=torch.channels_last)).eval()
         fused.fused_pairs = len(pairs)

@@ -153,6 +153,9 @@ def test_original_untouched_and_training_unchanged():
     model.train()
     fused = fuse_for_inference(model)
     assert model.training, "fusion must give the model back in the mode it was in"
+    wrapper = nn.Sequential(copy.deepcopy(model).eval())  # a wrapper in training mode around an eval network
+    fuse_for_inference(wrapper)
+    assert wrapper.training and not wrapper[0].training, "every module keeps its own mode"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(p.requires_grad for p in fused.parameters())
     assert all(p.requires_grad for p in model.parameters())
