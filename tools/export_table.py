@@ -118,7 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     np.seterr(all="ignore")
-    table = build_table(args.backbones or list_backbones())
+    everything = list_backbones()
+    table = build_table(args.backbones or everything)
+    if args.backbones:
+        table += (
+            f"\n\n({len(args.backbones)} of the {len(everything)} registered backbones; "
+            "`python -m tools.export_table` checks them all, `pytest -m slow tests/tasks/deploy` too.)"
+        )
     print(table)
     if args.readme:
         replace_generated_block(args.readme, "export-table", table)
