@@ -5,7 +5,9 @@ Compares, on MobileNetV3-Large at output stride 16, 21 classes (logits upsampled
   torchvision `deeplabv3_mobilenet_v3_large` (aux head off) and smp `DeepLabV3` with the same timm
   encoder ("tu-mobilenetv3_large_100", output stride 16);
 - ours "lraspp" vs torchvision `lraspp_mobilenet_v3_large`;
-- ours "deeplabv3_mobile" (the MobileNetV2 paper's head) for reference.
+- ours "deeplabv3_mobile" (the MobileNetV2 paper's head) for reference;
+- ours "deeplabv3" and "lraspp" in their inference form (`backbones.fuse_for_inference(...,
+  channels_last=True)`: batch norm folded, NHWC), the form to deploy (docs/speed.md).
 
 Models are timed round-robin (one call of each per round) so that load from other processes hits
 all of them alike; the table gives the median and the ratio to the torchvision model of the same
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, lraspp_mobilenet_v3_large
 
+from backbones import fuse_for_inference
 from backbones.complexity import count_params
 from tasks.segmentation.module import SegmentationModule
 
@@ -72,6 +75,9 @@ def build_models(num_classes: int) -> dict[str, tuple[str, nn.Module]]:
         ),
         "ours deeplabv3_mobile": ("deeplabv3_mobile", ours("deeplabv3_mobile")),
     }
+    for name in ("ours deeplabv3", "ours lraspp"):  # the inference form (docs/speed.md): same outputs, BN folded
+        group, model = models[name]
+        models[f"{name}, inference form"] = (group, fuse_for_inference(model.deployable().eval(), channels_last=True))
     return {name: (group, model.eval()) for name, (group, model) in models.items()}
 
 
