@@ -150,12 +150,12 @@ def _run(coco_cls, eval_cls, gt_dataset: dict, results: list, iou_type: str, ima
             evaluator.params.imgIds = sorted(set(image_ids))
         evaluator.evaluate()
         evaluator.accumulate()
-    if verbose:
+    with contextlib.redirect_stdout(io.StringIO()):
         evaluator.summarize()
-    else:
-        with contextlib.redirect_stdout(io.StringIO()):
-            evaluator.summarize()
-    return list(evaluator.stats[:12])
+    stats = list(evaluator.stats[:12])
+    if verbose:  # our own table: faster-coco-eval logs its summary instead of printing it
+        print(format_summary(dict(zip(METRIC_NAMES, stats))))
+    return stats
 
 
 def format_summary(metrics: dict[str, float]) -> str:
