@@ -159,7 +159,18 @@ def quantize_network_pt2e(network: nn.Module, sample: Tensor, batches: Iterable[
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    class Quantizer(PT2EQuantizer):
+        # Sigmoid and softmax keep float: with their fixed output scale (1/256) the converter refuses the
+        # depth head's `max_depth * sigmoid(x)` ("'tfl.reshape' op quantization parameters violate the same
+        # scale constraint: !quant.uniform<i8:f32, 3.906250e-03:-128> vs. ...<i8:f32, 0.00196...:-128>").
+        STATIC_OPS = [op for op in PT2EQuantizer.STATIC_OPS if op != "fixed_qparams"]
+
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            model = super().annotate(model)
+            _annotate_concats(model, self.global_config)
+            return model
+
+    quantizer = Quantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
     prepared = prepare_pt2e(torch.export.export(network.eval(), (sample,)).module(), quantizer)
     count = 0
     with torch.no_grad():
@@ -173,6 +184,30 @@ def quantize_network_pt2e(network: nn.Module, sample: Tensor, batches: Iterable[
     # An exported module refuses .eval(); this makes it a no-op, so the composed graph can be set to eval.
     allow_exported_model_train_eval(quantized)
     return quantized, quantizer
+
+
+def _annotate_concats(model: torch.fx.GraphModule, config: Any) -> None:
+    """Quantize every `aten.cat` with one scale shared by its inputs and output (what TFLite's CONCATENATION needs).
+
+    litert-torch's own cat annotator finds cats by source partition, which `torch.export` graphs of our heads
+    do not carry, so it skips them. Left so, the converter gives the SSDLite head's concatenated offsets and
+    logits the scale of the last input (the 1x1 map's, 2^-12), and the int8 file's outputs come out near zero.
+    """
+    from litert_torch.quantize.pt2e_quantizer_utils import _is_annotated, get_input_act_qspec, propagate_annotation
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+
+    for node in model.graph.nodes:
+        if node.op != "call_function" or node.target != torch.ops.aten.cat.default or _is_annotated([node]):
+            continue
+        inputs = [n for n in node.args[0] if isinstance(n, torch.fx.Node)]
+        if not inputs:
+            continue
+        shared = SharedQuantizationSpec((inputs[0], node))
+        qspecs = {inputs[0]: get_input_act_qspec(config), **{n: shared for n in inputs[1:]}}
+        node.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map=qspecs, output_qspec=shared, _annotated=True
+        )
+    propagate_annotation(model)
 
 
 class Interpreter:
