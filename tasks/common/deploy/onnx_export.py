@@ -41,7 +41,7 @@ from torch.utils.data import Subset
 from tasks.common.checkpoints import check_checkpoint, load_checkpoint_file
 from tasks.common.data import make_loader
 from tasks.common.deploy.graph import INPUT_DESCRIPTION, INPUT_NAME, DeployableModel
-from tasks.common.deploy.quantize import PASS_THROUGH_OPS
+from tasks.common.deploy.quantize import pass_through_feeders
 from tasks.common.files import atomic_path
 
 OPSET = 17
@@ -260,17 +260,8 @@ def postprocessing_nodes(model: onnx.ModelProto) -> list[str]:
     `quantize.float_nodes` keeps the chains to graph outputs (no shared 8-bit scale across all boxes).
     """
     keep = [n.name for n in model.graph.node if n.name.startswith(("/preprocess/", "/outputs/"))]
-    producer = {o: n for n in model.graph.node for o in n.output}
-    stack = [i for n in model.graph.node if n.name.startswith("/outputs/") for i in n.input]
-    seen = set(keep)
-    while stack:
-        node = producer.get(stack.pop())
-        if node is None or node.name in seen or node.op_type not in PASS_THROUGH_OPS:
-            continue
-        seen.add(node.name)
-        keep.append(node.name)
-        stack.extend(node.input)
-    return keep
+    inputs = [i for n in model.graph.node if n.name.startswith("/outputs/") for i in n.input]
+    return keep + pass_through_feeders(model, inputs, stop=set(keep))
 
 
 def calibration_batches(datamodule: LightningDataModule, count: int) -> Iterator[np.ndarray]:

@@ -211,17 +211,34 @@ def float_nodes(model: onnx.ModelProto) -> list[str]:
             mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"nearest")
             if (mode.decode() if isinstance(mode, bytes) else mode) != "nearest":
                 keep.append(node.name)
+    keep += pass_through_feeders(model, [o.name for o in model.graph.output])
+    return list(dict.fromkeys(keep))
+
+
+def pass_through_feeders(model: onnx.ModelProto, tensors: list[str], stop: set[str] | None = None) -> list[str]:
+    """The pass-through nodes (reshapes, transposes, concats, ...) that carry values into `tensors`.
+
+    Found walking back from `tensors` through `PASS_THROUGH_OPS`; the walk ends at any other op and at the
+    node names in `stop`.
+
+    Args:
+        model: The float model.
+        tensors: Names of the values to start from (graph outputs, inputs of the output part).
+        stop: Node names never entered (already kept by the caller).
+
+    Returns:
+        Node names, nearest first.
+    """
     producer = {o: n for n in model.graph.node for o in n.output}
-    stack = [o.name for o in model.graph.output]
-    seen: set[str] = set()
+    stack, seen, found = list(tensors), set(stop or ()), []
     while stack:
         node = producer.get(stack.pop())
         if node is None or node.name in seen or node.op_type not in PASS_THROUGH_OPS:
             continue
         seen.add(node.name)
-        keep.append(node.name)
+        found.append(node.name)
         stack.extend(node.input)
-    return list(dict.fromkeys(keep))
+    return found
 
 
 def qdq_wrapped_nodes(model: onnx.ModelProto) -> set[str]:
