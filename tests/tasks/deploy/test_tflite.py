@@ -164,9 +164,12 @@ def test_default_model_fp32_and_int8(tmp_path, task):
     assert int8.size_bytes < 0.5 * fp32.size_bytes  # int8 weights: about a quarter of float32
     out = Interpreter(int8.path)(random_images(1, size).permute(0, 2, 3, 1).contiguous().numpy())  # NHWC
     assert all(np.isfinite(v).all() for v in out.values())
-    # Agreement with fp32 (random weights, random-image calibration: a loose bound, not an accuracy figure).
+    # Agreement with fp32 (random weights, random-image calibration: a loose bound, not an accuracy figure;
+    # it catches outputs quantized with a wrong scale, which read as all zeros: relative error 1). Detection
+    # sets after NMS of a random head change with any rounding, so they are not bounded here.
     for name, err in int8.int8_errors.items():
-        assert err < (0.5 if name == "classes" else 1.0), int8.int8_errors
+        if name != "detections":
+            assert err < 0.6, int8.int8_errors
 
 
 @needs_litert
