@@ -485,7 +485,8 @@ class DeployTrainer(Trainer):
         int8: bool = False,
         calibration_batches: int = 8,
         raw: bool = False,
-    ) -> ExportSummary:
+        format: str = "onnx",
+    ) -> Any:
         """Export a checkpoint to ONNX (fp32, or int8 with --int8), with pre- and post-processing inside.
 
         Args:
@@ -496,7 +497,20 @@ class DeployTrainer(Trainer):
             int8: Quantize to int8, calibrated on the training split.
             calibration_batches: Training batches (of data.batch_size images) to calibrate int8 on.
             raw: Export the raw head outputs (detection: offsets, logits and default boxes; no NMS).
+            format: "onnx", or "tflite" (LiteRT, static NHWC uint8 input; needs the optional extra
+                `pip install -e ".[tflite]"`; detection files hold the raw outputs, since NMS does not convert).
+
+        Returns:
+            The export summary (`ExportSummary`, or `TFLiteSummary` for tflite).
         """
+        if format not in ("onnx", "tflite"):
+            raise ValueError(f"--format must be 'onnx' or 'tflite', got {format!r}")
+        if format == "tflite":
+            from tasks.common.deploy.tflite_export import export_tflite_checkpoint
+
+            return export_tflite_checkpoint(
+                model, datamodule, ckpt_path, output, int8=int8, calibration_batches=calibration_batches
+            )
         if ckpt_path is not None:
             load_checkpoint(model, ckpt_path)
         else:
