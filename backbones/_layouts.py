@@ -310,25 +310,37 @@ def convert_torchvision_mobilenet_v3(state_dict: Mapping[str, Tensor]) -> dict[s
     return out
 
 
-def convert_torchvision_efficientnet(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Convert torchvision `efficientnet_b0..b7()` keys to timm `efficientnet_b*` keys, classifier included.
+def _convert_torchvision_efficientnet_frame(
+    state_dict: Mapping[str, Tensor],
+    convert_block: Callable[[Mapping[str, Tensor], str], dict[str, Tensor]],
+    where: str,
+) -> dict[str, Tensor]:
+    """The frame torchvision's EfficientNet and EfficientNetV2 share, with `convert_block` for each block.
 
-    `features.0` is the stem, `features.S.J` (S = 1..7) the MBConv blocks of stage S-1, the last
-    `features.N` the 1x1 head conv, `classifier.1` the Linear. torchvision's stages are timm's.
+    `features.0` is the stem, `features.S.J` (S = 1..) the blocks of stage S-1, the last `features.N` the 1x1
+    head conv, `classifier.1` the Linear.
     """
-    where = "torchvision EfficientNet"
     units = _index_units(state_dict, r"features\.(\d+)\.(.+)")
     last = max(units)
     out = _conv_bn(units.pop(0), "conv_stem", "bn1") | _conv_bn(units.pop(last), "conv_head", "bn2")
     for s, tensors in units.items():
         for j, block in _index_units(tensors, r"(\d+)\.(.+)").items():
-            converted = _torchvision_block(block, f"{where} features.{s}.{j}")
+            converted = convert_block(block, f"{where} features.{s}.{j}")
             out |= {f"blocks.{s - 1}.{j}.{k}": v for k, v in converted.items()}
     out |= {
         k.replace("classifier.1.", "classifier."): v for k, v in state_dict.items() if k.startswith("classifier.1.")
     }
     _expect_consumed(state_dict, {k for k in state_dict if k.startswith(("features.", "classifier.1."))}, where)
     return out
+
+
+def convert_torchvision_efficientnet(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Convert torchvision `efficientnet_b0..b7()` keys to timm `efficientnet_b*` keys, classifier included.
+
+    `features.0` is the stem, `features.S.J` (S = 1..7) the MBConv blocks of stage S-1, the last
+    `features.N` the 1x1 head conv, `classifier.1` the Linear. torchvision's stages are timm's.
+    """
+    return _convert_torchvision_efficientnet_frame(state_dict, _torchvision_block, "torchvision EfficientNet")
 
 
 def _torchvision_v2_block(tensors: Mapping[str, Tensor], where: str) -> dict[str, Tensor]:
@@ -362,19 +374,7 @@ def convert_torchvision_efficientnet_v2(state_dict: Mapping[str, Tensor]) -> dic
     `features.N` the 1x1 head conv, `classifier.1` the Linear); the FusedMBConv stages map to timm's
     `ConvBnAct` / `EdgeResidual` blocks (`_torchvision_v2_block`).
     """
-    where = "torchvision EfficientNetV2"
-    units = _index_units(state_dict, r"features\.(\d+)\.(.+)")
-    last = max(units)
-    out = _conv_bn(units.pop(0), "conv_stem", "bn1") | _conv_bn(units.pop(last), "conv_head", "bn2")
-    for s, tensors in units.items():
-        for j, block in _index_units(tensors, r"(\d+)\.(.+)").items():
-            converted = _torchvision_v2_block(block, f"{where} features.{s}.{j}")
-            out |= {f"blocks.{s - 1}.{j}.{k}": v for k, v in converted.items()}
-    out |= {
-        k.replace("classifier.1.", "classifier."): v for k, v in state_dict.items() if k.startswith("classifier.1.")
-    }
-    _expect_consumed(state_dict, {k for k in state_dict if k.startswith(("features.", "classifier.1."))}, where)
-    return out
+    return _convert_torchvision_efficientnet_frame(state_dict, _torchvision_v2_block, "torchvision EfficientNetV2")
 
 
 def efficientnet_stage_sizes(num_blocks: int) -> tuple[int, ...]:
