@@ -30,6 +30,9 @@ class BackboneEntry:
         family_defaults: Default value of each family option.
         variants: Supported non-default settings of the family options, each a dict of the options it
             changes (e.g. `{"width_mult": 0.5}`); the drop-in registers each as a named smp encoder.
+        channels_last: Whether the net trains faster in channels-last (NHWC) memory format than in the
+            default NCHW on CPU (oneDNN), as measured by `benchmarks/memory_format.py`; the tasks' default
+            memory format follows it (`TaskModule(channels_last=None)`).
     """
 
     name: str
@@ -38,13 +41,14 @@ class BackboneEntry:
     family_options: tuple[str, ...]
     family_defaults: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     variants: tuple[dict[str, Any], ...] = field(default=(), hash=False, compare=False)
+    channels_last: bool = True
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}
 
 
 def register_backbone(
-    name: str, *, paper: str, variants: Sequence[Mapping[str, Any]] = ()
+    name: str, *, paper: str, variants: Sequence[Mapping[str, Any]] = (), channels_last: bool = True
 ) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
     """Decorator that registers a builder under `name`.
 
@@ -56,6 +60,8 @@ def register_backbone(
         paper: The architecture's paper, cited in docs and the backbone table.
         variants: The supported non-default settings of the family options (each a mapping of the
             options it changes), e.g. `[{"width_mult": 0.5}, {"width_mult": 1.4}]`.
+        channels_last: False for a net whose training step is slower in channels-last memory format
+            (`benchmarks/memory_format.py`); see `BackboneEntry.channels_last`.
 
     Returns:
         The decorator, which returns the builder unchanged.
@@ -78,7 +84,7 @@ def register_backbone(
                     f"variant {dict(variant)} of '{name}' must change at least one of its family options {options}"
                 )
             checked.append(dict(variant))
-        _REGISTRY[name] = BackboneEntry(name, builder, paper, options, defaults, tuple(checked))
+        _REGISTRY[name] = BackboneEntry(name, builder, paper, options, defaults, tuple(checked), channels_last)
         return builder
 
     return decorator

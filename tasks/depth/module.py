@@ -23,14 +23,12 @@ SHOWN = (("abs_rel", "AbsRel"), ("delta1", "delta1"), ("rmse", "RMSE"))
 class DepthNetwork(nn.Module):
     """Backbone + decoder: (N, 3, H, W) normalized images -> (N, 1, H, W) depth (or inverse depth)."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, channels_last: bool) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
         super().__init__()
-        self.backbone, self.head, self.channels_last = backbone, head, channels_last
+        self.backbone, self.head = backbone, head
 
     def forward(self, images: Tensor) -> Tensor:
         """(N, 3, H, W) -> (N, 1, H, W)."""
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         return self.head(self.backbone(images), output_size=images.shape[-2:])
 
 
@@ -51,7 +49,6 @@ class DepthModule(TaskModule):
         protocol: Evaluation protocol: "none", "nyu", "kitti_garg", "kitti_eigen".
         eval_max_depth: Cap of the evaluation; None = the protocol's.
         median_scaling: Median-scale each prediction before the metrics (relative models).
-        channels_last: Run in channels-last memory format (about twice as fast on CPU with oneDNN).
         schedule: Learning-rate schedule; "one_cycle" (warm-up, then cosine decay) by default.
         **kwargs: Optimizer, the rest of the schedule and image logs (`tasks.common.module.TaskModule`).
     """
@@ -75,7 +72,6 @@ class DepthModule(TaskModule):
         protocol: str = "none",
         eval_max_depth: float | None = None,
         median_scaling: bool = False,
-        channels_last: bool = True,
         schedule: str = "one_cycle",
         **kwargs: Any,
     ) -> None:
@@ -96,8 +92,6 @@ class DepthModule(TaskModule):
         self.metrics = nn.ModuleDict(
             {stage: DepthMetrics(protocol, max_depth=cap, median_scaling=median_scaling) for stage in ("val", "test")}
         )
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
 
     def forward(self, images: Tensor) -> Tensor:
         """(N, 3, H, W) normalized images -> (N, 1, H, W) depth (or inverse depth)."""
@@ -105,7 +99,7 @@ class DepthModule(TaskModule):
 
     def deployable(self) -> nn.Module:
         """Backbone + decoder (`DepthNetwork`, sharing this module's weights): images -> (N, 1, H, W)."""
-        return DepthNetwork(self.backbone, self.head, self.hparams.channels_last)
+        return DepthNetwork(self.backbone, self.head)
 
     def _loss(self, pred: Tensor, depth: Tensor) -> Tensor:
         with self.full_precision():  # float32 under mixed precision (logs of small depths)

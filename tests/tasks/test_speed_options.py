@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from torch import Tensor
 
 from tasks.depth.module import DepthModule
 from tasks.detection.coco_eval import METRIC_NAMES, coco_evaluate, default_backend
@@ -71,6 +73,114 @@ def test_inference_network_equals_deployable():
                 model.inference_network(channels_last=channels_last)(x), expected, rtol=1e-4, atol=1e-5
             )
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "the module keeps its batch norms"
+
+
+# --- memory format --------------------------------------------------------------------------------
+MAKERS = {
+    "depth": lambda **kw: DepthModule(**kw),
+    "segmentation": lambda **kw: SegmentationModule(num_classes=3, head="lraspp", **kw),
+    "detection": lambda **kw: DetectionModule(num_classes=3, **kw),
+}
+
+
+def _is_channels_last(module: torch.nn.Module) -> bool:
+    # Only weights whose two layouts differ: a depthwise (C, 1, k, k) or a 1x1 weight is both at once.
+    weights = [
+        m.weight
+        for m in module.modules()
+        if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1) and m.weight.shape[1] > 1
+    ]
+    formats = {w.is_contiguous(memory_format=torch.channels_last) for w in weights}
+    assert len(formats) == 1, "some convolution weights are channels-last and some are not"
+    return formats.pop()
+
+
+@pytest.mark.parametrize("task", list(MAKERS))
+@pytest.mark.parametrize(
+    ("backbone", "option", "expected"),
+    [
+        ("mobilenet_v3_small", None, True),  # measured faster in NHWC: the registry's default
+        ("mobilenet_v1", None, False),  # measured slower in NHWC (benchmarks/memory_format.py)
+        ("mobilenet_v3_small", False, False),
+        ("mobilenet_v1", True, True),
+    ],
+)
+def test_configure_model_sets_the_memory_format_from_the_option_or_the_backbone(task, backbone, option, expected):
+    from backbones import get_backbone_entry
+
+    assert get_backbone_entry("mobilenet_v1").channels_last is False
+    model = MAKERS[task](backbone=backbone, channels_last=option)
+    assert not _is_channels_last(model), "the format is set by configure_model, not at construction"
+    model.configure_model()
+    assert model.uses_channels_last is expected
+    assert _is_channels_last(model) is expected
+
+
+def _one_step(model, batch: dict, channels_last: bool, dtype: torch.dtype) -> tuple[Tensor, dict, dict]:
+    """Loss, gradients and weights after one SGD step of `model` in the given format and precision."""
+    model.hparams.channels_last = channels_last
+    model.configure_model()
+    model.to(dtype).train()
+    cast = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
+        loss = model.training_step(cast, 0)
+    loss.backward()
+    grads = {n: p.grad.double() for n, p in model.named_parameters() if p.grad is not None}
+    optimizer.step()
+    weights = {k: v.double() for k, v in model.state_dict().items() if v.is_floating_point()}
+    return loss.detach().double(), grads, weights
+
+
+@pytest.mark.parametrize("task", list(MAKERS))
+def test_channels_last_training_step_equals_nchw(task, tiny_batches):
+    """Same loss, gradients and updated weights in both formats.
+
+    In float64 the two formats agree to 1e-9 (the same computation). In float32 both are rounded versions of
+    that result: oneDNN's channels-last kernels sum the weight gradients in another order, measured 2-5x the
+    NCHW step's own float32 error on this tiny random-init batch (largest on the stem's weight gradient,
+    a sum over every pixel), so the bound is 10x that error and 5e-3 of the largest gradient.
+    """
+    torch.manual_seed(0)
+    state = MAKERS[task](backbone="mobilenet_v3_small").state_dict()
+    runs = {}
+    for name, channels_last, dtype in [("exact", False, torch.float64), ("exact_cl", True, torch.float64),
+                                       ("nchw", False, torch.float32), ("nhwc", True, torch.float32)]:  # fmt: skip
+        model = MAKERS[task](backbone="mobilenet_v3_small")
+        model.load_state_dict(state)
+        runs[name] = _one_step(model, tiny_batches[task], channels_last, dtype)
+
+    def distance(a: str, b: str) -> float:
+        (loss_a, grads_a, state_a), (loss_b, grads_b, state_b) = runs[a], runs[b]
+        assert grads_a.keys() == grads_b.keys() and len(grads_a) > 50 and state_a.keys() == state_b.keys()
+        scale = max(g.abs().max().item() for g in grads_a.values())  # some gradients are 0 in exact arithmetic
+        return max(
+            abs(loss_a - loss_b).item() / abs(loss_a).item(),
+            max((grads_b[n] - g).abs().max().item() for n, g in grads_a.items()) / scale,
+            max((state_b[k] - v).abs().max().item() / v.abs().max().clamp_min(1).item() for k, v in state_a.items()),
+        )
+
+    assert distance("exact", "exact_cl") < 1e-9
+    nchw_error, nhwc_error = distance("exact", "nchw"), distance("exact", "nhwc")
+    assert nhwc_error < 5e-3 and nhwc_error <= 10 * nchw_error + 1e-6, (nhwc_error, nchw_error)
+
+
+@pytest.fixture
+def tiny_batches() -> dict[str, dict]:
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(2, 3, 96, 96, generator=g)
+    depth = torch.rand(2, 1, 96, 96, generator=g) * 8 + 0.5
+    mask = torch.randint(0, 3, (2, 96, 96), generator=g)
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[30.0, 5.0, 90.0, 50.0], [0.0, 40.0, 40.0, 95.0]]), "labels": torch.tensor([2, 1])},
+    ]
+    return {
+        "depth": {"image": images, "depth": depth},
+        "segmentation": {"image": images, "mask": mask},
+        "detection": {"image": images, "targets": targets},
+    }
 
 
 # --- COCO evaluation backend -----------------------------------------------------------------------
