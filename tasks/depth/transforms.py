@@ -20,7 +20,8 @@ from tasks.common.data import normalize
 def sanitize_depth(depth: np.ndarray) -> np.ndarray:
     """Float32 depth with every invalid value (NaN, inf, negative) set to 0, the "no measurement" mark."""
     depth = np.asarray(depth, dtype=np.float32)
-    return np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
+    # NaN fails both comparisons; one pass less than isfinite & > 0, and no float64 round trip.
+    return np.where((depth > 0) & (depth < np.inf), depth, np.float32(0.0))
 
 
 class DepthTransform:

@@ -113,8 +113,12 @@ def read_depth_png(path: str | os.PathLike, depth_scale: float, invalid_values: 
         (H, W) float32 metres.
     """
     raw = read_uint16(path)
-    depth = raw.astype(np.float32) / float(depth_scale)
-    depth[np.isin(raw, np.asarray(tuple(invalid_values) + (0,), dtype=np.uint16))] = 0.0
+    invalid = raw == 0
+    for value in set(invalid_values) - {0}:  # a comparison per value: np.isin sorts, ~10x slower here
+        invalid |= raw == value
+    depth = raw.astype(np.float32)
+    depth /= np.float32(depth_scale)  # float32 division, as `raw.astype(float32) / depth_scale`
+    depth[invalid] = 0.0
     return depth
 
 
