@@ -75,6 +75,12 @@ class DetectionOutputs(nn.Module):
         boxes = clip_boxes_to_image(decode_boxes(box_regression, self.default_boxes, BOX_WEIGHTS), self.image_size)
         n, anchors, num_fg = scores.shape
         k = min(self.topk_candidates, anchors)
+        # Scores at or below the threshold are dropped after the top-k anyway (the `valid` mask below), so
+        # setting them to 0 first changes no output; but it turns almost every element into the same value,
+        # on which onnxruntime's TopK is several times faster (90 x 3234 scores, k = 300, 2 threads: 4.9 ms
+        # with real scores, 1.4 ms with 99% of them zero). Probabilities are >= 0, so no kept score is 0
+        # unless score_thresh < 0, when nothing is masked.
+        scores = torch.where(scores > self.score_thresh, scores, torch.zeros_like(scores))
         top_scores, top_idx = scores.transpose(1, 2).topk(k, dim=2)  # (N, C-1, k)
         cand_boxes = boxes.gather(1, top_idx.reshape(n, num_fg * k, 1).expand(n, num_fg * k, 4))
         labels = torch.arange(1, num_fg + 1, device=scores.device).view(1, -1, 1).expand_as(top_idx)

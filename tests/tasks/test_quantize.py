@@ -19,6 +19,7 @@ from tasks.common.deploy.quantize import (  # noqa: E402
     qdq_wrapped_nodes,
     quantize_int8,
     rewrite_hard_swish,
+    rewrite_spatial_mean,
 )
 
 SIZE = 64
@@ -116,8 +117,10 @@ def test_rule_keeps_documented_ops_float_and_hard_swish_int8(fp32_model, int8_mo
     assert 2 * report.hard_swish_rewritten <= len(rewritten) < 3 * report.hard_swish_rewritten and all(
         n.name in wrapped for n in rewritten
     )
-    # squeeze-excite stays int8: its GlobalAveragePool and the large gating Mul are wrapped
-    assert all(n.name in wrapped for n in model.graph.node if n.op_type == "GlobalAveragePool")
+    # squeeze-excite stays int8: timm's spatial mean (ReduceMean) became a GlobalAveragePool, wrapped like the
+    # large gating Mul
+    pools = [n for n in model.graph.node if n.op_type == "GlobalAveragePool"]
+    assert pools and "ReduceMean" not in ops and all(n.name in wrapped for n in pools)
     # every Conv is quantized
     assert all(n.name in wrapped for n in model.graph.node if n.op_type == "Conv")
     # the bilinear Resize that produces the output stays float: no QuantizeLinear after it, output float
@@ -136,6 +139,34 @@ def test_hard_swish_rewrite_is_exact_in_float(fp32_model, tmp_path):
     ref = _session(fp32_model).run(None, {"images": x})[0]  # onnxruntime's own HardSwish kernel
     got = _session(tmp_path / "rewritten.onnx").run(None, {"images": x})[0]
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+def test_spatial_mean_rewrite_is_exact_and_only_touches_means_over_height_and_width(fp32_model, tmp_path):
+    model = onnx.load(str(fp32_model))
+    means = [n for n in model.graph.node if n.op_type == "ReduceMean"]
+    assert means and rewrite_spatial_mean(model) == len(means)  # timm's squeeze-excite blocks
+    onnx.save(model, str(tmp_path / "rewritten.onnx"))
+    x = np.concatenate(_images(2, 3))
+    ref = _session(fp32_model).run(None, {"images": x})[0]
+    got = _session(tmp_path / "rewritten.onnx").run(None, {"images": x})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+
+    h = onnx.helper
+    f = onnx.TensorProto.FLOAT
+    nodes = [
+        h.make_node("ReduceMean", ["x"], ["hw"], name="hw", axes=[-2, -1], keepdims=1),
+        h.make_node("ReduceMean", ["x"], ["flat"], name="flat", axes=[2, 3], keepdims=0),
+        h.make_node("ReduceMean", ["x"], ["c"], name="c", axes=[1], keepdims=1),
+        h.make_node("ReduceMean", ["v"], ["v3"], name="rank3", axes=[1, 2], keepdims=1),
+    ]
+    graph = h.make_graph(
+        nodes, "g",
+        [h.make_tensor_value_info("x", f, [1, 3, 4, 4]), h.make_tensor_value_info("v", f, [1, 4, 4])],
+        [h.make_tensor_value_info(n, f, None) for n in ("hw", "flat", "c", "v3")],
+    )  # fmt: skip
+    toy = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    assert rewrite_spatial_mean(toy) == 1
+    assert [n.op_type for n in toy.graph.node] == ["GlobalAveragePool", "ReduceMean", "ReduceMean", "ReduceMean"]
 
 
 def test_float_nodes_rule_by_op_type_and_pattern():

@@ -14,6 +14,9 @@ The recipe (measured on onnxruntime 1.32, x86-64 with AVX512-VNNI; docs/deploy.m
   island (`DequantizeLinear -> HardSigmoid -> QuantizeLinear -> QLinearMul`) that reads and writes the full
   activation tensor three extra times in float; the rewrite runs as `QLinearAdd`, `QLinearMul` and the Clip is
   absorbed into the quantization range, all in uint8.
+- timm's squeeze-excite mean, `ReduceMean` over height and width, is rewritten as the equal `GlobalAveragePool`
+  (`rewrite_spatial_mean`), which runs as `QLinearGlobalAveragePool` in uint8; ReduceMean has no int8 kernel
+  and dequantized the full expanded tensor of every squeeze-excite block.
 - `float_nodes` keeps in float what onnxruntime would run in float anyway and what only adds a
   quantize/dequantize pair (the docstring says which and why).
 - Calibration: MinMax over batches of the task's own training images (`quantize_int8(..., batches)`).
@@ -179,6 +182,49 @@ def rewrite_hard_swish(model: onnx.ModelProto) -> int:
     del graph.node[:]
     graph.node.extend(new_nodes)
     return len(matches)
+
+
+def rewrite_spatial_mean(model: onnx.ModelProto) -> int:
+    """Rewrite every mean over height and width of a 4-D tensor (in place) as `GlobalAveragePool`.
+
+    `x.mean((2, 3), keepdim=True)` (timm's squeeze-excite, EfficientNet and MobileNetV3 blocks) exports as
+    `ReduceMean(axes=[2, 3], keepdims=1)`, the same values as `GlobalAveragePool`. onnxruntime has no int8
+    ReduceMean, so each one is a float island that dequantizes the full expanded activation tensor; its QDQ
+    `GlobalAveragePool` runs as `QLinearGlobalAveragePool` in uint8 (torchvision's `adaptive_avg_pool2d`
+    squeeze-excite exports as `GlobalAveragePool` already).
+
+    Args:
+        model: An ONNX model (axes as an attribute, opset < 18, or as a constant input, opset >= 18).
+
+    Returns:
+        How many means were rewritten.
+    """
+    graph = model.graph
+    initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    inferred = onnx.shape_inference.infer_shapes(model)
+    ranks = {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in (*inferred.graph.value_info, *inferred.graph.input)
+        if v.type.tensor_type.HasField("shape")
+    }
+    count = 0
+    for node in graph.node:
+        if node.op_type != "ReduceMean" or ranks.get(node.input[0]) != 4:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if len(node.input) > 1 and node.input[1]:
+            if node.input[1] not in initializers:
+                continue
+            axes = [int(a) for a in initializers[node.input[1]].ravel()]
+        else:
+            axes = list(attrs.get("axes", []))
+        if attrs.get("keepdims", 1) != 1 or sorted(a % 4 for a in axes) != [2, 3]:
+            continue
+        node.op_type = "GlobalAveragePool"
+        del node.attribute[:]
+        del node.input[1:]
+        count += 1
+    return count
 
 
 def float_nodes(model: onnx.ModelProto) -> list[str]:
@@ -366,7 +412,8 @@ def quantize_int8(
             dicts input name -> array. A few batches (8-32 images) are enough for MinMax calibration.
         per_channel: One weight scale per output channel (keeps depthwise convolutions accurate).
         nodes_to_exclude: More node names to keep float, on top of `float_nodes`'s.
-        rewrite_activations: Rewrite hard-swish into int8-fusable ops (`rewrite_hard_swish`).
+        rewrite_activations: Rewrite hard-swish and spatial means into int8-fusable ops (`rewrite_hard_swish`,
+            `rewrite_spatial_mean`).
 
     Returns:
         What was written.
@@ -390,6 +437,8 @@ def quantize_int8(
             return feed.get_next()
 
     rewritten = rewrite_hard_swish(model) if rewrite_activations else 0
+    if rewrite_activations:
+        rewrite_spatial_mean(model)
     with tempfile.TemporaryDirectory(prefix="litedense_int8_") as tmp_dir:
         pre_path = Path(tmp_dir) / "preprocessed.onnx"
         # onnxruntime's symbolic shape inference writes scratch files into the working directory and leaves
