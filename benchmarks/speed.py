@@ -78,6 +78,22 @@ class TorchvisionOut(nn.Module):
         return self.model(x)["out"]
 
 
+def with_batch_norm_statistics(network: nn.Module, size: int = 512, count: int = 8) -> nn.Module:
+    """A random-init network with batch-norm statistics measured on smooth random images, in eval mode.
+
+    With its init statistics (mean 0, variance 1) torchvision's MobileNetV3 activations shrink block after
+    block to ~1e-14 and below (docs/deploy.md), values no trained network computes (and on the way to float32
+    denormals, which x86 handles slowly); `deploy_latency.recalibrate_batch_norm` gives every model of a table
+    the activation ranges a trained one has. Weights are unchanged.
+    """
+    from deploy_latency import recalibrate_batch_norm
+
+    from tasks.common.deploy.onnx_export import random_images
+
+    recalibrate_batch_norm(network, random_images(count, (size, size)).numpy())
+    return network.eval()
+
+
 # --- segmentation and detection eval ----------------------------------------------------------------
 def segmentation_models(num_classes: int = 21) -> dict[str, tuple[str, nn.Module]]:
     """name -> (architecture, eval model): ours plain / inference form, torchvision plain / inference, smp."""
@@ -88,16 +104,21 @@ def segmentation_models(num_classes: int = 21) -> dict[str, tuple[str, nn.Module
 
     torch.manual_seed(0)
     tv_head = {"rates": [12, 24, 36], "dropout": 0.5, "extra_conv": True}  # torchvision's DeepLabHead
-    ours_dl = SegmentationModule(
-        num_classes=num_classes, backbone="mobilenet_v3_large", head="deeplabv3", head_kwargs=tv_head
-    ).deployable()
-    ours_lr = SegmentationModule(num_classes=num_classes, backbone="mobilenet_v3_large", head="lraspp").deployable()
-    tv_dl = TorchvisionOut(
-        deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
+    ours_dl, ours_lr = (
+        SegmentationModule(num_classes=num_classes, backbone="mobilenet_v3_large", head=head, head_kwargs=kwargs)
+        for head, kwargs in (("deeplabv3", tv_head), ("lraspp", None))
     )
-    tv_lr = TorchvisionOut(lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes))
-    smp_dl = smp.DeepLabV3(
-        "tu-mobilenetv3_large_100", encoder_weights=None, encoder_output_stride=16, classes=num_classes
+    for module in (ours_dl, ours_lr):
+        module.configure_model()  # the form validate / test run: channels-last for MobileNetV3
+    ours_dl, ours_lr = (with_batch_norm_statistics(module.deployable()) for module in (ours_dl, ours_lr))
+    tv_dl = with_batch_norm_statistics(TorchvisionOut(
+        deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
+    ))  # fmt: skip
+    tv_lr = with_batch_norm_statistics(
+        TorchvisionOut(lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes))
+    )
+    smp_dl = with_batch_norm_statistics(
+        smp.DeepLabV3("tu-mobilenetv3_large_100", encoder_weights=None, encoder_output_stride=16, classes=num_classes)
     )
     models = {
         "ours deeplabv3, inference form": ("deeplabv3", fuse_for_inference(ours_dl.eval(), channels_last=True)),
@@ -128,6 +149,7 @@ def bench_segmentation(args) -> None:
 
 def detection_models():
     """Ours (torchvision's SSDLite configuration and weights) and torchvision's ssdlite320_mobilenet_v3_large."""
+    from deploy_latency import TorchvisionSSDNetwork
     from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 
     from tasks.detection.module import DetectionModule
@@ -146,15 +168,16 @@ def detection_models():
         detections_per_img=300,
     )
     theirs = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)
+    with_batch_norm_statistics(TorchvisionSSDNetwork(theirs), size=320)
     load_torchvision_ssdlite(ours, theirs.state_dict())  # same weights: NMS does the same work in both
-    return ours, theirs
+    ours.configure_model()  # the form validate / test run: channels-last for MobileNetV3
+    return ours.eval(), theirs.eval()
 
 
 def bench_detection(args) -> None:
     from heads.ssdlite import postprocess
 
     ours, theirs = detection_models()
-    ours.eval(), theirs.eval()
     size = 320
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -226,9 +249,8 @@ def bench_training(args) -> None:
         theirs.train()
         name = f"torchvision {arch}"
         fns[name], arch_of[name] = partial(_seg_step, theirs, x, y, sgd(theirs), True), arch
-    ours_det, theirs_det = detection_models()
-    ours_det_nchw = copy.deepcopy(ours_det)
-    ours_det.configure_model()
+    ours_det, theirs_det = detection_models()  # ours in its training form (channels-last)
+    ours_det_nchw = copy.deepcopy(ours_det).to(memory_format=torch.contiguous_format)
     xd = torch.rand(8, 3, 320, 320)
     g = torch.Generator().manual_seed(0)
     targets = []
