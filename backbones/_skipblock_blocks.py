@@ -8,6 +8,7 @@ indices inside each `nn.Sequential` follow the reference exactly, because they a
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -136,6 +137,35 @@ class InvertedResidual(nn.Module):
         return self.forward_with_expansion(x)[1]
 
 
+def adaptive_avg_pool2d_by_sums(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """`F.adaptive_avg_pool2d(x, size)` from cumulative sums, for ONNX export with a dynamic output size.
+
+    The TorchScript ONNX exporter refuses adaptive pooling whose output size is not a constant, and here it is
+    the size of another map, which follows the input. Output i of a dimension of length L pooled to n averages
+    rows [floor(i * L / n), ceil((i + 1) * L / n)), PyTorch's rule, so any L / n gives PyTorch's windows; the
+    sums are differences of a cumulative sum (float rounding apart, the same values).
+
+    Args:
+        x: (N, C, H, W).
+        size: (h, w) output size (ints, or traced sizes).
+
+    Returns:
+        (N, C, h, w).
+    """
+    for dim, n in ((2, size[0]), (3, size[1])):
+        length = x.shape[dim]
+        i = torch.arange(n, device=x.device)
+        start = torch.div(i * length, n, rounding_mode="floor")
+        end = torch.div((i + 1) * length + n - 1, n, rounding_mode="floor")
+        zero = torch.zeros_like(x.narrow(dim, 0, 1))
+        sums = torch.cat([zero, x.cumsum(dim)], dim)  # sums[k] = x[0] + ... + x[k - 1] along `dim`
+        shape = [1, 1, 1, 1]
+        shape[dim] = -1
+        count = (end - start).to(x.dtype).view(shape)
+        x = (sums.index_select(dim, end) - sums.index_select(dim, start)) / count
+    return x
+
+
 class SkipBlock(nn.Module):
     """SkipblockNet's skip block: average-pool an early map to a deeper map's size, then a bottleneck.
 
@@ -167,6 +197,9 @@ class SkipBlock(nn.Module):
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
         """(N, C_in, H, W) -> (N, C_out, *size)."""
-        x = F.adaptive_avg_pool2d(x, size)  # (N, C_in, h, w)
+        if torch.onnx.is_in_onnx_export():
+            x = adaptive_avg_pool2d_by_sums(x, size)  # (N, C_in, h, w), the same values, exportable
+        else:
+            x = F.adaptive_avg_pool2d(x, size)  # (N, C_in, h, w)
         out = self.core_block(x)
         return x + out if self.identity else out

@@ -354,3 +354,34 @@ def test_wrong_checkpoint_is_rejected(tmp_path):
     torch.save(_RefSkipNet(width=0.75).state_dict(), narrow)
     with pytest.raises(WeightsMismatchError, match="wrong shape: blocks"):
         create_backbone("skipblocknet", pretrained=str(narrow))
+
+
+@pytest.mark.parametrize(("height", "width", "out_h", "out_w"), [(48, 48, 6, 6), (50, 37, 7, 5), (13, 9, 13, 9)])
+def test_exportable_adaptive_pooling_equals_torch(height, width, out_h, out_w):
+    """The skip blocks' pooling used under ONNX export gives PyTorch's adaptive windows at any size ratio."""
+    from backbones._skipblock_blocks import adaptive_avg_pool2d_by_sums
+
+    x = torch.randn(2, 3, height, width, dtype=torch.float64)
+    expected = F.adaptive_avg_pool2d(x, (out_h, out_w))
+    torch.testing.assert_close(adaptive_avg_pool2d_by_sums(x, (out_h, out_w)), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_onnx_export_with_dynamic_size_equals_pytorch(tmp_path):
+    """With dynamic height and width the skip blocks' pooling follows the input in the exported graph."""
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    net = create_backbone("skipblocknet", out_indices=(4,)).eval()
+    path = tmp_path / "skipblocknet.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            net, (torch.randn(1, 3, 96, 96),), str(path), input_names=["x"], output_names=["y"], dynamo=False,
+            opset_version=17, dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "y": {0: "n", 2: "h32", 3: "w32"}},
+        )  # fmt: skip
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for size in ((96, 96), (160, 128), (100, 75)):
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            expected = net(x)[-1].numpy()
+        got = session.run(None, {"x": x.numpy()})[0]
+        assert got.shape == expected.shape
+        assert abs(got - expected).max() <= 1e-4 * abs(expected).max(), size
