@@ -43,7 +43,13 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import torch
-from torch import Tensor, nn
+from _torchvision_pairs import (
+    TorchvisionSegmentationNetwork,
+    TorchvisionSSDNetwork,
+    ours_ssdlite_in_torchvision_config,
+    recalibrate_batch_norm,
+)
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHVISION_DEEPLAB_HEAD = {"rates": [12, 24, 36], "dropout": 0.5, "extra_conv": True}
@@ -83,31 +89,6 @@ def build_ours_detection(weights: str | bool, backbone: str = "mobilenet_v2", **
     return _first_class(det, "DetectionModule", "SSDLiteModule")(
         backbone=backbone, num_classes=91, pretrained=weights, score_thresh=DETECTION_SCORE_THRESH, **kwargs
     )
-
-
-class TorchvisionSegmentationNetwork(nn.Module):
-    """torchvision's segmentation models return {"out": logits}; the network part of the graph is the tensor."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(N, 3, H, W) normalized -> (N, K, H, W) logits."""
-        return self.model(x)["out"]
-
-
-class TorchvisionSSDNetwork(nn.Module):
-    """torchvision's SSDLite without its transform and post-processing: backbone + head outputs."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.backbone, self.head = model.backbone, model.head
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(N, 3, H, W) normalized -> box offsets (N, A, 4), class logits (N, A, C)."""
-        out = self.head(list(self.backbone(x).values()))
-        return out["bbox_regression"], out["cls_logits"]
 
 
 def _torchvision_segmentation(model: nn.Module, size: int) -> nn.Module:
@@ -160,37 +141,9 @@ def build_ours_ssdlite_like_torchvision(model: nn.Module) -> nn.Module:
     """Our SSDLite MobileNetV3-L in torchvision's configuration, holding the same weights as `model`."""
     from tasks.detection.torchvision_weights import load_torchvision_ssdlite
 
-    ours = build_ours_detection(
-        False, "mobilenet_v3_large", backbone_kwargs={"reduced_tail": True}, reduce_lowest=False
-    )
+    ours = ours_ssdlite_in_torchvision_config(score_thresh=DETECTION_SCORE_THRESH)
     load_torchvision_ssdlite(ours, model.state_dict(), "torchvision ssdlite320_mobilenet_v3_large")
     return ours
-
-
-def recalibrate_batch_norm(network: nn.Module, images: np.ndarray) -> None:
-    """Set every batch norm's running statistics to those of `network` on `images` (uint8 RGB, N x 3 x H x W).
-
-    A randomly initialised network in eval mode uses mean 0 / variance 1 statistics, under which torchvision's
-    MobileNetV3 activations shrink block after block (its SSDLite head sees features of about 1e-14, so every
-    class score is the same, and top-k / NMS run on ties); with statistics measured on real images the
-    activations have the ranges a trained network has. Weights are unchanged.
-    """
-    from tasks.common.data import IMAGENET_MEAN, IMAGENET_STD
-
-    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches below
-    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    x = (torch.from_numpy(images).float() / 255.0 - mean) / std
-    network.train()
-    with torch.no_grad():
-        for batch in x.split(4):
-            network(batch)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    network.eval()
 
 
 def ours_detection_thresholds() -> dict[str, float]:

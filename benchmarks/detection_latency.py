@@ -18,12 +18,12 @@ import statistics
 import time
 
 import torch
+from _torchvision_pairs import ours_ssdlite_in_torchvision_config
 from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 
 from backbones.complexity import count_params
 from heads.ssdlite import postprocess
 from tasks.detection.losses import ssd_loss
-from tasks.detection.module import DetectionModule
 from tasks.detection.torchvision_weights import load_torchvision_ssdlite
 
 SIZE = 320
@@ -63,16 +63,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    ours = DetectionModule(
-        backbone="mobilenet_v3_large",
-        backbone_kwargs={"reduced_tail": True},  # torchvision's: the last stage at half width
-        num_classes=91,
-        reduce_lowest=False,
-        clip_default_boxes=True,
-        score_thresh=0.001,
-        nms_thresh=0.55,
-        topk_candidates=300,
-        detections_per_img=300,
+    ours = ours_ssdlite_in_torchvision_config(  # the reduced tail: the last stage at half width
+        score_thresh=0.001, nms_thresh=0.55, topk_candidates=300, detections_per_img=300
     )
     theirs = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)  # the published configuration
     # Identical weights: both predict the same offsets and scores for every default box, so their

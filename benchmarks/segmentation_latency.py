@@ -24,23 +24,13 @@ import time
 
 import segmentation_models_pytorch as smp
 import torch
+from _torchvision_pairs import TorchvisionSegmentationNetwork
 from torch import Tensor, nn
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, lraspp_mobilenet_v3_large
 
 from backbones import fuse_for_inference
 from backbones.complexity import count_params
 from tasks.segmentation.module import SegmentationModule
-
-
-class TorchvisionOut(nn.Module):
-    """torchvision's segmentation models return {"out": logits}; time the same tensor output."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)["out"]
 
 
 def build_models(num_classes: int) -> dict[str, tuple[str, nn.Module]]:
@@ -56,7 +46,7 @@ def build_models(num_classes: int) -> dict[str, tuple[str, nn.Module]]:
         "ours deeplabv3": ("deeplabv3", ours("deeplabv3", torchvision_deeplab_head)),
         "torchvision deeplabv3": (
             "deeplabv3",
-            TorchvisionOut(
+            TorchvisionSegmentationNetwork(
                 deeplabv3_mobilenet_v3_large(
                     weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False
                 )
@@ -71,7 +61,9 @@ def build_models(num_classes: int) -> dict[str, tuple[str, nn.Module]]:
         "ours lraspp": ("lraspp", ours("lraspp")),
         "torchvision lraspp": (
             "lraspp",
-            TorchvisionOut(lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes)),
+            TorchvisionSegmentationNetwork(
+                lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes)
+            ),
         ),
         "ours deeplabv3_mobile": ("deeplabv3_mobile", ours("deeplabv3_mobile")),
     }

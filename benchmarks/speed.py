@@ -37,6 +37,12 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from _torchvision_pairs import (
+    TorchvisionSegmentationNetwork,
+    TorchvisionSSDNetwork,
+    ours_ssdlite_in_torchvision_config,
+    recalibrate_batch_norm,
+)
 from torch import Tensor, nn
 
 from backbones import create_backbone, fuse_for_inference, list_backbones
@@ -66,28 +72,14 @@ def table(title: str, rows: list[tuple], header: tuple[str, ...]) -> None:
         print("| " + " | ".join(str(c) for c in row) + " |")
 
 
-class TorchvisionOut(nn.Module):
-    """torchvision's segmentation models return {"out": logits}; time the same tensor output."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(N, 3, H, W) -> (N, K, H, W) logits."""
-        return self.model(x)["out"]
-
-
 def with_batch_norm_statistics(network: nn.Module, size: int = 512, count: int = 8) -> nn.Module:
     """A random-init network with batch-norm statistics measured on smooth random images, in eval mode.
 
     With its init statistics (mean 0, variance 1) torchvision's MobileNetV3 activations shrink block after
     block to ~1e-14 and below (docs/deploy.md), values no trained network computes (and on the way to float32
-    denormals, which x86 handles slowly); `deploy_latency.recalibrate_batch_norm` gives every model of a table
+    denormals, which x86 handles slowly); `recalibrate_batch_norm` gives every model of a table
     the activation ranges a trained one has. Weights are unchanged.
     """
-    from deploy_latency import recalibrate_batch_norm
-
     from tasks.common.deploy.onnx_export import random_images
 
     recalibrate_batch_norm(network, random_images(count, (size, size)).numpy())
@@ -111,11 +103,13 @@ def segmentation_models(num_classes: int = 21) -> dict[str, tuple[str, nn.Module
     for module in (ours_dl, ours_lr):
         module.configure_model()  # the form validate / test run: channels-last for MobileNetV3
     ours_dl, ours_lr = (with_batch_norm_statistics(module.deployable()) for module in (ours_dl, ours_lr))
-    tv_dl = with_batch_norm_statistics(TorchvisionOut(
+    tv_dl = with_batch_norm_statistics(TorchvisionSegmentationNetwork(
         deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
     ))  # fmt: skip
     tv_lr = with_batch_norm_statistics(
-        TorchvisionOut(lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes))
+        TorchvisionSegmentationNetwork(
+            lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes)
+        )
     )
     smp_dl = with_batch_norm_statistics(
         smp.DeepLabV3("tu-mobilenetv3_large_100", encoder_weights=None, encoder_output_stride=16, classes=num_classes)
@@ -149,23 +143,13 @@ def bench_segmentation(args) -> None:
 
 def detection_models():
     """Ours (torchvision's SSDLite configuration and weights) and torchvision's ssdlite320_mobilenet_v3_large."""
-    from deploy_latency import TorchvisionSSDNetwork
     from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 
-    from tasks.detection.module import DetectionModule
     from tasks.detection.torchvision_weights import load_torchvision_ssdlite
 
     torch.manual_seed(0)
-    ours = DetectionModule(
-        backbone="mobilenet_v3_large",
-        backbone_kwargs={"reduced_tail": True},
-        num_classes=91,
-        reduce_lowest=False,
-        clip_default_boxes=True,
-        score_thresh=0.001,
-        nms_thresh=0.55,
-        topk_candidates=300,
-        detections_per_img=300,
+    ours = ours_ssdlite_in_torchvision_config(
+        score_thresh=0.001, nms_thresh=0.55, topk_candidates=300, detections_per_img=300
     )
     theirs = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)
     with_batch_norm_statistics(TorchvisionSSDNetwork(theirs), size=320)
