@@ -473,6 +473,21 @@ def load_checkpoint(module: LightningModule, ckpt_path: str | os.PathLike) -> No
         ) from err
 
 
+def prepare_for_export(model: LightningModule, datamodule: LightningDataModule, ckpt_path: str | None) -> None:
+    """What every export format does first: load the checkpoint, or say there is none; size the head.
+
+    The checkpoint is checked by `load_checkpoint`; a model that sizes its head at setup gets one built from
+    the data module's classes.
+    """
+    if ckpt_path is not None:
+        load_checkpoint(model, ckpt_path)
+    else:
+        print("no --ckpt_path: exporting the model as configured (its initial or pretrained weights)")
+    if getattr(model, "sized_by_data", False) and model.head is None:
+        datamodule.setup("validate")
+        model.build_head(datamodule.num_classes)
+
+
 class DeployTrainer(Trainer):
     """Lightning's Trainer with an `export` method, so that `export` is a LightningCLI subcommand like `fit`."""
 
@@ -511,13 +526,7 @@ class DeployTrainer(Trainer):
             return export_tflite_checkpoint(
                 model, datamodule, ckpt_path, output, int8=int8, calibration_batches=calibration_batches
             )
-        if ckpt_path is not None:
-            load_checkpoint(model, ckpt_path)
-        else:
-            print("no --ckpt_path: exporting the model as configured (its initial or pretrained weights)")
-        if getattr(model, "sized_by_data", False) and model.head is None:
-            datamodule.setup("validate")
-            model.build_head(datamodule.num_classes)
+        prepare_for_export(model, datamodule, ckpt_path)
         summary = export_module(
             model, datamodule, output, int8=int8, calibration_batches_count=calibration_batches, raw=raw,
             metadata={"checkpoint": str(ckpt_path)} if ckpt_path else None,

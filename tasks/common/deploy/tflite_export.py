@@ -463,20 +463,14 @@ def export_tflite_checkpoint(
 ) -> TFLiteSummary:
     """What `python -m tasks.<task> export --format tflite` runs (the hook for `DeployTrainer.export`).
 
-    Loads the checkpoint as the ONNX export does (`onnx_export.load_checkpoint`: the task and the weights are
-    checked), builds a data-sized head, exports at the task's example size (`TaskDeployment.example_size`:
+    Loads the checkpoint and builds a data-sized head as the ONNX export does (`onnx_export.prepare_for_export`:
+    the task and the weights are checked), exports at the task's example size (`TaskDeployment.example_size`:
     the data's image size or training crop), calibrates int8 on the training split, and prints the summary.
     """
-    from tasks.common.deploy.onnx_export import load_checkpoint
+    from tasks.common.deploy.onnx_export import prepare_for_export
 
     require_litert()
-    if ckpt_path is not None:
-        load_checkpoint(model, ckpt_path)
-    else:
-        print("no --ckpt_path: exporting the model as configured (its initial or pretrained weights)")
-    if getattr(model, "sized_by_data", False) and model.head is None:
-        datamodule.setup("validate")
-        model.build_head(datamodule.num_classes)
+    prepare_for_export(model, datamodule, ckpt_path)
     image_size = deployment(task_of(type(model))).example_size(datamodule)
     summary = export_tflite(
         model, output, image_size, int8=int8, datamodule=datamodule, calibration_batches_count=calibration_batches,
