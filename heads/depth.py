@@ -72,7 +72,8 @@ class NNConv5Decoder(nn.Module):
     by nearest 2x upsampling; after the upsampling to strides 8, 4 and 2 the encoder map of that
     stride is added (FastDepth's additive skips; a 1x1 projection is inserted only when its channels
     differ from the decoder's, so MobileNetV1 gets the paper's parameter-free skips). A final
-    pointwise conv gives one channel. For MobileNetV1 (1024 channels at stride 32) the channels are
+    pointwise conv gives one channel (run before the last upsampling, which gives the same map at a quarter
+    of the cost, see `forward`). For MobileNetV1 (1024 channels at stride 32) the channels are
     1024 -> 512 -> 256 -> 128 -> 64 -> 32 -> 1, as in the paper.
 
     Args:
@@ -144,11 +145,18 @@ class NNConv5Decoder(nn.Module):
                 skip = features[self.skip_levels[key]]
                 x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")  # ceil-sized, like the encoder's map
                 x = x + self.skip_proj[key](skip)
-            elif i == last and output_size is not None:
-                x = F.interpolate(x, size=tuple(output_size), mode="nearest")
-            else:
+            elif i != last:
                 x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return self.depth(self.final(x))  # (N, 1, H, W)
+        if str(last) in self.skip_levels:
+            return self.depth(self.final(x))  # (N, 1, H, W)
+        # The last upsampling (no skip to add) comes after the final 1x1 conv and the output activation: both
+        # act on each pixel alone, so with nearest-neighbour upsampling the result is the same, but they run on
+        # a quarter of the pixels and the upsampling moves 1 channel instead of C_last (FastDepth's order
+        # upsamples 32 channels at full size; onnxruntime's int8 graph ran that upsampling in a slow NHWC path).
+        x = self.depth(self.final(x))  # (N, 1, H/2, W/2)
+        if output_size is not None:
+            return F.interpolate(x, size=tuple(output_size), mode="nearest")
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")  # (N, 1, H, W)
 
 
 class _ResidualConvUnit(nn.Module):

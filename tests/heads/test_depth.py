@@ -70,13 +70,14 @@ def test_nnconv5_is_fastdepth_on_mobilenet_v1_channels():
 
 
 def test_nnconv5_decoder_macs_hand_computed():
-    # Stage k at side 7 * 2^k: depthwise c_in * 25 + pointwise c_in * c_out per pixel, then 32 -> 1 at 224.
+    # Stage k at side 7 * 2^k: depthwise c_in * 25 + pointwise c_in * c_out per pixel, then 32 -> 1 at 112
+    # (the last upsampling comes after the final 1x1 conv: the same map, a quarter of its MACs).
     expected = (
         sum(
             (7 * 2**k) ** 2 * (c_in * 25 + c_in * c_out)
             for k, (c_in, c_out) in enumerate([(1024, 512), (512, 256), (256, 128), (128, 64), (64, 32)])
         )
-        + 224 * 224 * 32
+        + 112 * 112 * 32
     )
     features = [torch.randn(1, c, 224 // s, 224 // s) for c, s in zip(MOBILENET_V1.channels, MOBILENET_V1.strides)]
 
@@ -101,6 +102,34 @@ def test_fastdepth_paper_macs():
     x = torch.randn(1, 3, 224, 224)
     assert count_macs(backbone, x) / 1e9 == pytest.approx(0.57, rel=0.05)
     assert count_macs(net, x) / 1e9 == pytest.approx(0.75, rel=0.10)
+
+
+@pytest.mark.parametrize("output_size", [None, (224, 224), (70, 90)])
+def test_nnconv5_upsamples_last_after_the_final_conv_with_the_same_result(output_size):
+    # FastDepth's order: upsample the last stage's 32 channels, then the 1x1 conv and the sigmoid. Ours runs
+    # those on the half-size map and upsamples the depth; per-pixel ops commute with nearest upsampling.
+    torch.manual_seed(0)
+    decoder = NNConv5Decoder(MOBILENET_V1).double().eval()
+    size = output_size or (224, 224)
+    features = [
+        torch.randn(2, c, -(-size[0] // s), -(-size[1] // s), dtype=torch.float64)
+        for c, s in zip(MOBILENET_V1.channels, MOBILENET_V1.strides)
+    ]
+    with torch.no_grad():
+        ours = decoder(features, output_size=output_size)
+        x = features[-1]
+        for i, stage in enumerate(decoder.stages):
+            x = stage(x)
+            if str(i) in decoder.skip_levels:
+                skip = features[decoder.skip_levels[str(i)]]
+                x = nn.functional.interpolate(x, size=skip.shape[-2:], mode="nearest") + skip
+            elif i == len(decoder.stages) - 1 and output_size is not None:
+                x = nn.functional.interpolate(x, size=output_size, mode="nearest")
+            else:
+                x = nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+        fastdepth_order = decoder.depth(decoder.final(x))
+    assert ours.shape == fastdepth_order.shape == (2, 1, *size)
+    torch.testing.assert_close(ours, fastdepth_order, rtol=1e-12, atol=1e-12)
 
 
 def test_fusion_uses_the_deepest_map_of_each_stride():
