@@ -331,6 +331,14 @@ class TaskModule(LightningModule):
         """The network alone: normalized (N, 3, H, W) images -> the task's raw outputs (for export)."""
         raise NotImplementedError
 
+    def network_loss(self, outputs: Any, batch: dict) -> Tensor:
+        """The task's training loss of `deployable()`'s outputs on `batch`.
+
+        What quantization-aware training of the exported network minimizes (`tasks.common.deploy.qat`);
+        auxiliary heads, which are not exported, are left out.
+        """
+        raise NotImplementedError
+
     def inference_network(self, *, channels_last: bool = False) -> nn.Module:
         """`deployable()` in its inference form: a copy with batch norm folded into the convolutions.
 

@@ -122,10 +122,14 @@ class DepthModule(TaskModule):
         aligned = s.view(-1, 1, 1, 1) * pred + t.view(-1, 1, 1, 1)
         return 1.0 / aligned.clamp_min(1.0 / self.hparams.max_depth)
 
+    def network_loss(self, outputs: Tensor, batch: dict) -> Tensor:
+        """The masked loss of `deployable()`'s (N, 1, H, W) output against the batch's depth."""
+        return self._loss(outputs, batch["depth"])
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         """Masked loss of one batch."""
         pred = self(batch["image"])  # (N, 1, H, W)
-        loss = self._loss(pred, batch["depth"])
+        loss = self.network_loss(pred, batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(pred), sync_dist=True)
         return loss
 

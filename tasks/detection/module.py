@@ -171,19 +171,26 @@ class DetectionModule(TaskModule):
         """(N, 3, H, W) normalised images -> box offsets (N, A, 4) and class logits (N, A, C)."""
         return self.deployable()(images)
 
-    def _loss(self, images: Tensor, targets: list[dict]) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        box_regression, cls_logits = self(images)  # (N, A, 4), (N, A, C)
+    def _losses(self, box_regression: Tensor, cls_logits: Tensor, batch: dict) -> dict[str, Tensor]:
         # float32 from here on under mixed precision: matching, the loss and the decoded boxes.
         box_regression, cls_logits = box_regression.float(), cls_logits.float()
-        default_boxes = self.head.default_boxes(tuple(images.shape[-2:]), images.device)
+        default_boxes = self.head.default_boxes(tuple(batch["image"].shape[-2:]), box_regression.device)
         hp = self.hparams
         with self.full_precision():
-            losses = ssd_loss(
-                box_regression, cls_logits, targets, default_boxes, iou_threshold=hp.iou_threshold,
+            return ssd_loss(
+                box_regression, cls_logits, batch["targets"], default_boxes, iou_threshold=hp.iou_threshold,
                 neg_pos_ratio=hp.neg_pos_ratio, classification=hp.classification_loss, focal_alpha=hp.focal_alpha,
                 focal_gamma=hp.focal_gamma,
             )  # fmt: skip
-        return losses, box_regression, cls_logits
+
+    def _loss(self, images: Tensor, targets: list[dict]) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        box_regression, cls_logits = self(images)  # (N, A, 4), (N, A, C)
+        losses = self._losses(box_regression, cls_logits, {"image": images, "targets": targets})
+        return losses, box_regression.float(), cls_logits.float()
+
+    def network_loss(self, outputs: tuple[Tensor, Tensor], batch: dict) -> Tensor:
+        """The SSD loss (box + classification) of `deployable()`'s (offsets, logits) on the batch's targets."""
+        return self._losses(*outputs, batch)["loss"]
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         """SSD loss of a batch."""

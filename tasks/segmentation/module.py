@@ -101,6 +101,10 @@ class SegmentationModule(TaskModule):
         with self.full_precision():  # float32 under mixed precision
             return segmentation_loss(logits.float(), target, self.hparams.ignore_index)
 
+    def network_loss(self, outputs: Tensor, batch: dict) -> Tensor:
+        """Cross-entropy of `deployable()`'s (N, K, H, W) logits against the batch's masks."""
+        return self._loss(outputs, batch["mask"])
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         """Cross-entropy (+ weighted auxiliary loss) on a batch of crops."""
         images = batch["image"]

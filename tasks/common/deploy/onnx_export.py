@@ -324,6 +324,7 @@ class ExportSummary:
     descriptions: dict[str, str]
     fp32_errors: dict[str, float]
     int8_report: Any = None
+    int8_errors: dict[str, float] = field(default_factory=dict)
     size_bytes: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -343,7 +344,11 @@ class ExportSummary:
             lines.append(f"  {name}: {dtype} {dims}" + (f"  -- {what}" if what else ""))
         errors = ", ".join(f"{k} {v:.1e}" for k, v in self.fp32_errors.items())
         lines.append(f"fp32 onnxruntime vs PyTorch (max relative error): {errors}")
-        if self.int8_report is not None:
+        if hasattr(self.int8_report, "format"):  # quantization-aware training's report
+            lines.append(self.int8_report.format())
+            errors = ", ".join(f"{k} {v:.2g}" for k, v in self.int8_errors.items())
+            lines.append(f"int8 onnxruntime vs its fake-quantized PyTorch model (first calibration batch): {errors}")
+        elif self.int8_report is not None:
             r = self.int8_report
             lines.append(
                 f"int8: calibrated on {r.calibration_batches} training batches; {len(r.float_nodes)} nodes kept float, "
@@ -387,6 +392,8 @@ def export_module(
     raw: bool = False,
     calibration: Any = None,
     metadata: dict[str, str] | None = None,
+    qat_steps: int = 0,
+    qat_lr: float = 1e-5,
 ) -> ExportSummary:
     """Export a task module's deployable graph to `output` (see the module docstring).
 
@@ -399,12 +406,19 @@ def export_module(
         raw: Raw head outputs instead of the post-processed ones (detection: no NMS in the graph).
         calibration: Calibration batches instead of the training split's (uint8 (N, 3, H, W) arrays).
         metadata: More metadata entries (e.g. the checkpoint's path).
+        qat_steps: With `int8`, reach int8 by this many steps of quantization-aware training on the training
+            split (`tasks.common.deploy.qat`) instead of post-training quantization; 0 for PTQ.
+        qat_lr: The QAT learning rate.
 
     Returns:
         What was written.
     """
     from tasks.common.deploy.quantize import quantize_int8  # onnxruntime.quantization: imported when needed
 
+    if qat_steps and not int8:
+        raise ValueError("--qat_steps gives an int8 model: add --int8")
+    if qat_steps < 0:
+        raise ValueError(f"--qat_steps must be 0 (post-training quantization) or more, got {qat_steps}")
     output = check_output_path(output)
     task = task_of(type(module))
     spec = deployment(task)
@@ -416,6 +430,7 @@ def export_module(
         "class_names": json.dumps(list(getattr(datamodule, "class_names", None) or [])),
         "outputs": "raw" if raw else "deploy",
         "precision": "int8" if int8 else "fp32",
+        "quantization": ("qat" if qat_steps else "ptq") if int8 else "none",
         "input": INPUT_DESCRIPTION,
         "image_size": json.dumps(None if spec.dynamic_size else list(image_size)),
         **(metadata or {}),
@@ -424,15 +439,18 @@ def export_module(
         fp32_path = Path(tmp) / "fp32.onnx"
         export_onnx(model, fp32_path, image_size, dynamic_size=spec.dynamic_size)
         errors = verify_export(model, fp32_path, image_size, dynamic_size=spec.dynamic_size)
-        report = None
+        report, int8_errors = None, {}
         final = fp32_path
         if int8:
             batches = (
                 calibration if calibration is not None else calibration_batches(datamodule, calibration_batches_count)
             )
             final = Path(tmp) / "int8.onnx"
-            excluded = postprocessing_nodes(onnx.load(str(fp32_path)))
-            report = quantize_int8(fp32_path, final, batches, nodes_to_exclude=excluded)
+            if qat_steps:
+                report, int8_errors = _export_qat(module, datamodule, model, list(batches), final, qat_steps, qat_lr)
+            else:
+                excluded = postprocessing_nodes(onnx.load(str(fp32_path)))
+                report = quantize_int8(fp32_path, final, batches, nodes_to_exclude=excluded)
         proto = onnx.load(str(final))
         del proto.metadata_props[:]
         for key, value in meta.items():
@@ -445,11 +463,45 @@ def export_module(
     summary = ExportSummary(
         path=output, task=task, precision=meta["precision"], raw=raw, inputs=_value_specs(proto.graph.input),
         outputs=_value_specs(proto.graph.output), descriptions=spec.describe_outputs(module), fp32_errors=errors,
-        int8_report=report, size_bytes=output.stat().st_size,
+        int8_report=report, int8_errors=int8_errors, size_bytes=output.stat().st_size,
     )  # fmt: skip
     if not spec.dynamic_size:
         summary.notes.append(f"height and width are fixed at {list(image_size)} (the data's image size)")
     return summary
+
+
+def _export_qat(
+    module: LightningModule,
+    datamodule: LightningDataModule,
+    model: DeployableModel,
+    calibration: list[np.ndarray],
+    path: Path,
+    steps: int,
+    lr: float,
+) -> tuple[Any, dict[str, float]]:
+    """Quantization-aware training of `model.network`, exported with `model`'s pre- and post-processing.
+
+    Returns the `QATReport` and the int8 graph's onnxruntime outputs against its fake-quantized PyTorch model on
+    the first calibration batch (integer arithmetic rounds differently: reported, not required to be 0).
+    """
+    from tasks.common.deploy.qat import quantization_aware_training, requantize_concats
+
+    if not calibration:
+        raise ValueError("the calibration set is empty: give at least one batch to initialize the quantizers")
+    normalized = [model.preprocess(torch.from_numpy(batch)) for batch in calibration]
+    datamodule.setup("fit")
+    network, report = quantization_aware_training(
+        module.deployable(), module.network_loss, normalized, datamodule.train_dataloader(), steps=steps, lr=lr
+    )
+    qat_model = DeployableModel(network, model.outputs).eval()
+    image_size = tuple(calibration[0].shape[-2:])
+    dynamic = deployment(task_of(type(module))).dynamic_size
+    export_onnx(qat_model, path, image_size, dynamic_size=dynamic)
+    proto = onnx.load(str(path))
+    if requantize_concats(proto):
+        onnx.save(proto, str(path))
+    errors = compare_outputs(qat_model, _session(path), torch.from_numpy(calibration[0]))
+    return report, errors
 
 
 def load_checkpoint(module: LightningModule, ckpt_path: str | os.PathLike) -> None:
@@ -501,6 +553,8 @@ class DeployTrainer(Trainer):
         calibration_batches: int = 8,
         raw: bool = False,
         format: str = "onnx",
+        qat_steps: int = 0,
+        qat_lr: float = 1e-5,
     ) -> Any:
         """Export a checkpoint to ONNX (fp32, or int8 with --int8), with pre- and post-processing inside.
 
@@ -514,6 +568,9 @@ class DeployTrainer(Trainer):
             raw: Export the raw head outputs (detection: offsets, logits and default boxes; no NMS).
             format: "onnx", or "tflite" (LiteRT, static NHWC uint8 input; needs the optional extra
                 `pip install -e ".[tflite]"`; detection files hold the raw outputs, since NMS does not convert).
+            qat_steps: With --int8: reach int8 by this many steps of quantization-aware training (NNCF, on the
+                training split, `tasks.common.deploy.qat`) instead of post-training quantization (0). ONNX only.
+            qat_lr: The quantization-aware training's learning rate (AdamW, constant).
 
         Returns:
             The export summary (`ExportSummary`, or `TFLiteSummary` for tflite).
@@ -521,6 +578,8 @@ class DeployTrainer(Trainer):
         if format not in ("onnx", "tflite"):
             raise ValueError(f"--format must be 'onnx' or 'tflite', got {format!r}")
         if format == "tflite":
+            if qat_steps:
+                raise ValueError("--qat_steps is for --format onnx: the TFLite export quantizes after training only")
             from tasks.common.deploy.tflite_export import export_tflite_checkpoint
 
             return export_tflite_checkpoint(
@@ -529,7 +588,7 @@ class DeployTrainer(Trainer):
         prepare_for_export(model, datamodule, ckpt_path)
         summary = export_module(
             model, datamodule, output, int8=int8, calibration_batches_count=calibration_batches, raw=raw,
-            metadata={"checkpoint": str(ckpt_path)} if ckpt_path else None,
+            metadata={"checkpoint": str(ckpt_path)} if ckpt_path else None, qat_steps=qat_steps, qat_lr=qat_lr,
         )  # fmt: skip
         print(summary.format())
         return summary

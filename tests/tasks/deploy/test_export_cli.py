@@ -8,47 +8,15 @@ task's own metric code), the int8 file validates, `predict --onnx` writes the ta
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tasks.common.deploy.onnx_export import export_module
 from tasks.common.deploy.runtime import OnnxModel, load_onnx_module
-from tasks.depth.cli import main as depth_main
 from tasks.detection.cli import main as detection_main
 from tasks.segmentation.cli import main as segmentation_main
-
-COMMON = ["--data.synthetic_train_size=2", "--data.synthetic_val_size=2", "--data.batch_size=2"]
-TASKS = {
-    "depth": (depth_main, ["--data.image_size=[32, 32]"], "val/abs_rel", "a_depth.png"),
-    "segmentation": (segmentation_main, ["--data.synthetic_size=32", "--data.crop_size=[32, 32]"], "val/mIoU", None),
-    "detection": (
-        detection_main,
-        ["--data.image_size=64", "--model.extra_channels=[16, 16, 8, 8]", "--model.score_thresh=0.0"],
-        "val/mAP50",
-        None,
-    ),
-}
-
-
-def _metrics(cli) -> dict[str, float]:
-    return {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("fit")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        out = {}
-        for name, (main, tiny, _, _) in TASKS.items():
-            cli = main(["fit", *COMMON, *tiny, "--trainer.max_epochs=1", f"--trainer.default_root_dir={root / name}"])
-            out[name] = (root / cli.trainer.checkpoint_callback.best_model_path).resolve()
-        return out
-    finally:
-        os.chdir(cwd)
+from tests.tasks.deploy._cli_tasks import COMMON, TASKS, metrics
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -66,14 +34,14 @@ def test_export_validate_predict(name, checkpoints, tmp_path, monkeypatch, capsy
     assert int8.precision == "int8" and int8.task == name
     assert int8.input_type == "tensor(uint8)" and int8.input_shape[0] == "batch"
 
-    reference = _metrics(main(["validate", *args, "--ckpt_path", ckpt]))
-    exported = _metrics(main(["validate", *args, "--onnx", "out/model.onnx"]))
+    reference = metrics(main(["validate", *args, "--ckpt_path", ckpt]))
+    exported = metrics(main(["validate", *args, "--onnx", "out/model.onnx"]))
     assert metric in reference
     for key, value in reference.items():
         if key.endswith("/loss") and key not in exported:  # a graph with NMS has no loss to report
             continue
         assert exported[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
-    quantized = _metrics(main(["validate", *args, "--onnx", "out/model_int8.onnx"]))
+    quantized = metrics(main(["validate", *args, "--onnx", "out/model_int8.onnx"]))
     assert metric in quantized
 
     pred_args = [*args, "--data.predict_output_dir"]
@@ -90,8 +58,8 @@ def test_raw_detection_export_validates_like_the_checkpoint(checkpoints, tmp_pat
     main(["export", *args, "--ckpt_path", str(checkpoints["detection"]), "--output", "raw.onnx", "--raw"])
     model = OnnxModel("raw.onnx")
     assert model.raw and model.output_names == ["box_regression", "cls_logits", "default_boxes"]
-    reference = _metrics(main(["validate", *args, "--ckpt_path", str(checkpoints["detection"])]))
-    exported = _metrics(main(["validate", *args, "--onnx", "raw.onnx"]))
+    reference = metrics(main(["validate", *args, "--ckpt_path", str(checkpoints["detection"])]))
+    exported = metrics(main(["validate", *args, "--onnx", "raw.onnx"]))
     for key, value in reference.items():
         assert exported[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
 
