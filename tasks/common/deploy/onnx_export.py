@@ -1,7 +1,7 @@
 """`python -m tasks.<task> export`: a checkpoint -> one self-contained ONNX file (fp32 or int8).
 
     python -m tasks.segmentation export --ckpt_path CKPT --output model.onnx [--int8 --calibration_batches 8]
-        [--raw] [--config configs/segmentation/X.yaml]
+        [--qat_steps 300 --qat_lr 1e-5] [--raw] [--config configs/segmentation/X.yaml]
 
 The command is a subcommand of the shared LightningCLI (`tasks.common.cli`): `--config` and `--data.*` work
 as for `fit` (the data settings give the image size and the calibration images), and the model is rebuilt
@@ -15,7 +15,9 @@ from the checkpoint's hyperparameters as `validate --ckpt_path` does. `DeployTra
    height and width);
 4. `--int8` calibrates `quantize_int8` (`tasks.common.deploy.quantize`) on `--calibration_batches`
    batches of the task's training split, read with the evaluation transform (deterministic resize, no
-   augmentation) and turned back into the uint8 pixels the graph takes;
+   augmentation) and turned back into the uint8 pixels the graph takes; `--int8 --qat_steps N` instead
+   initializes quantizers on those batches and fine-tunes with them (`tasks.common.deploy.qat`), then
+   exports the fake-quantized network as QDQ;
 5. the file is written atomically, with the task, hyperparameters, class names and input convention in its
    metadata (what `validate --onnx` reads), and what was written is printed.
 """
