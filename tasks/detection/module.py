@@ -185,8 +185,9 @@ class DetectionModule(TaskModule):
 
     def _loss(self, images: Tensor, targets: list[dict]) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         box_regression, cls_logits = self(images)  # (N, A, 4), (N, A, C)
+        box_regression, cls_logits = box_regression.float(), cls_logits.float()  # once: `_losses` gets float32
         losses = self._losses(box_regression, cls_logits, {"image": images, "targets": targets})
-        return losses, box_regression.float(), cls_logits.float()
+        return losses, box_regression, cls_logits
 
     def network_loss(self, outputs: tuple[Tensor, Tensor], batch: dict) -> Tensor:
         """The SSD loss (box + classification) of `deployable()`'s (offsets, logits) on the batch's targets."""

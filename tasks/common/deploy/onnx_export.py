@@ -346,16 +346,11 @@ class ExportSummary:
             lines.append(f"  {name}: {dtype} {dims}" + (f"  -- {what}" if what else ""))
         errors = ", ".join(f"{k} {v:.1e}" for k, v in self.fp32_errors.items())
         lines.append(f"fp32 onnxruntime vs PyTorch (max relative error): {errors}")
-        if hasattr(self.int8_report, "format"):  # quantization-aware training's report
+        if self.int8_report is not None:  # quantize.QuantizationReport or qat.QATReport
             lines.append(self.int8_report.format())
+        if self.int8_errors:
             errors = ", ".join(f"{k} {v:.2g}" for k, v in self.int8_errors.items())
             lines.append(f"int8 onnxruntime vs its fake-quantized PyTorch model (first calibration batch): {errors}")
-        elif self.int8_report is not None:
-            r = self.int8_report
-            lines.append(
-                f"int8: calibrated on {r.calibration_batches} training batches; {len(r.float_nodes)} nodes kept float, "
-                f"{r.hard_swish_rewritten} hard-swish rewritten"
-            )
         lines += self.notes
         return "\n".join(lines)
 
@@ -449,7 +444,9 @@ def export_module(
             )
             final = Path(tmp) / "int8.onnx"
             if qat_steps:
-                report, int8_errors = _export_qat(module, datamodule, model, list(batches), final, qat_steps, qat_lr)
+                report, int8_errors = _export_qat(
+                    module, datamodule, model, list(batches), final, qat_steps, qat_lr, image_size, spec.dynamic_size
+                )
             else:
                 excluded = postprocessing_nodes(onnx.load(str(fp32_path)))
                 report = quantize_int8(fp32_path, final, batches, nodes_to_exclude=excluded)
@@ -480,8 +477,12 @@ def _export_qat(
     path: Path,
     steps: int,
     lr: float,
+    image_size: tuple[int, int],
+    dynamic_size: bool,
 ) -> tuple[Any, dict[str, float]]:
     """Quantization-aware training of `model.network`, exported with `model`'s pre- and post-processing.
+
+    The export takes the fp32 export's example size and dynamic axes.
 
     Returns the `QATReport` and the int8 graph's onnxruntime outputs against its fake-quantized PyTorch model on
     the first calibration batch (integer arithmetic rounds differently: reported, not required to be 0).
@@ -496,9 +497,7 @@ def _export_qat(
         module.deployable(), module.network_loss, normalized, datamodule.train_dataloader(), steps=steps, lr=lr
     )
     qat_model = DeployableModel(network, model.outputs).eval()
-    image_size = tuple(calibration[0].shape[-2:])
-    dynamic = deployment(task_of(type(module))).dynamic_size
-    export_onnx(qat_model, path, image_size, dynamic_size=dynamic)
+    export_onnx(qat_model, path, image_size, dynamic_size=dynamic_size)
     proto = onnx.load(str(path))
     if requantize_concats(proto):
         onnx.save(proto, str(path))

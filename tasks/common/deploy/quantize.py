@@ -62,6 +62,13 @@ class QuantizationReport:
     hard_swish_rewritten: int
     calibration_batches: int
 
+    def format(self) -> str:
+        """One line for the export summary."""
+        return (
+            f"int8: calibrated on {self.calibration_batches} training batches; {len(self.float_nodes)} nodes kept "
+            f"float, {self.hard_swish_rewritten} hard-swish rewritten"
+        )
+
 
 def _unique_name(base: str, taken: set[str]) -> str:
     name, k = base, 0
