@@ -7,6 +7,7 @@ fake-quantized PyTorch network computed, the fine-tuning lowers the task loss, a
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,9 +15,15 @@ pytest.importorskip("nncf", reason='QAT needs the optional NNCF extra: pip insta
 
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from backbones import fuse_for_inference  # noqa: E402
 from tasks.common.deploy.onnx_export import export_module  # noqa: E402
-from tasks.common.deploy.qat import quantization_aware_training, quantize_for_training  # noqa: E402
+from tasks.common.deploy.qat import (  # noqa: E402
+    quantization_aware_training,
+    quantize_for_training,
+    requantize_concats,
+)
 from tasks.common.deploy.runtime import OnnxModel  # noqa: E402
 from tasks.segmentation.datamodule import SegmentationDataModule  # noqa: E402
 from tasks.segmentation.module import SegmentationModule  # noqa: E402
@@ -87,8 +94,6 @@ def test_qat_lowers_the_task_loss_of_the_fake_quantized_network():
         with torch.no_grad():
             return sum(float(module.network_loss(network(b["image"]), b)) for b in batches) / len(batches)
 
-    from backbones import fuse_for_inference
-
     before = loss_of(quantize_for_training(fuse_for_inference(module.deployable()), calibration).eval())
     network, report = quantization_aware_training(
         module.deployable(), module.network_loss, calibration, batches, steps=30, lr=1e-3, progress=False
@@ -125,9 +130,6 @@ def test_qat_with_an_empty_calibration_set_is_refused(tmp_path):
 
 def _concat_graph(scales: tuple[float, float], zero_points: tuple[int, int]):
     """uint8 a, b -> DequantizeLinear each (own scale / zero point) -> Concat -> Relu -> y (float)."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
     inits = []
     for k, (s, z) in enumerate(zip(scales, zero_points)):
         inits += [numpy_helper.from_array(np.array(s, np.float32), f"s{k}"),
@@ -148,10 +150,6 @@ def _run(model, feed):
 
 
 def test_requantize_concats_is_exact_on_one_grid_and_within_half_a_step_across_grids():
-    import numpy as np
-
-    from tasks.common.deploy.qat import requantize_concats
-
     rng = np.random.default_rng(0)
     feed = {n: rng.integers(0, 256, (1, 2, 4, 4), dtype=np.uint8) for n in ("a", "b")}
     same = _concat_graph((0.05, 0.05), (10, 10))
