@@ -19,12 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.segmentation.fcn import FCNHead
 
 from backbones import FeatureInfo
-from heads._layers import ImagePooling, SeparableConvBNReLU, conv_bn_relu, resize_to
+from heads._layers import ImagePooling, SeparableConvBNReLU, bilinear_resize, conv_bn_relu, resize_to
 
 # ASPP rates of the DeepLabv3 paper at output stride 16; they scale with 16 / output stride.
 BASE_RATES = (6, 12, 18)
@@ -184,7 +183,7 @@ class DeepLabV3PlusHead(nn.Module):
         """Backbone maps -> (N, num_classes, H / low_level_stride, W / low_level_stride) logits, or at `output_size`."""
         low = self.reduce(features[self.low_index])  # (N, 48, H/4, W/4)
         x = self.aspp(features[-1])  # (N, 256, H/16, W/16)
-        x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        x = bilinear_resize(x, low.shape[-2:])
         return resize_to(self.classifier(self.decoder(torch.cat([x, low], dim=1))), output_size)  # (N, K, H/4, W/4)
 
 
@@ -222,7 +221,7 @@ class LRASPPHead(nn.Module):
         """Backbone maps -> (N, num_classes, H / 8, W / 8) logits, or at `output_size`."""
         low, high = features[self.low_index], features[-1]
         x = self.cbr(high) * self.scale(high)  # (N, 128, H/16, W/16) * (N, 128, 1, 1)
-        x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        x = bilinear_resize(x, low.shape[-2:])
         return resize_to(self.low_classifier(low) + self.high_classifier(x), output_size)  # (N, K, H/8, W/8)
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones import FeatureInfo
-from heads._layers import conv_bn_act, resize_to
+from heads._layers import bilinear_resize, conv_bn_act, resize_to
 
 OUTPUTS = ("metric", "inverse")
 
@@ -234,7 +234,7 @@ class FusionDecoder(nn.Module):
             if x is None:
                 x = lateral
             else:
-                x = F.interpolate(x, size=lateral.shape[-2:], mode="bilinear", align_corners=False) + lateral
+                x = bilinear_resize(x, lateral.shape[-2:]) + lateral
             x = self.rcu_out[j](x)
         raw = self.head(x)  # (N, 1, H/s, W/s)
         return self.depth(resize_to(raw, output_size))  # (N, 1, H, W) with output_size

@@ -14,6 +14,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from backbones import create_backbone  # noqa: E402
+from heads._layers import bilinear_resize  # noqa: E402
 from tasks.common.deploy.quantize import (  # noqa: E402
     float_nodes,
     qdq_wrapped_nodes,
@@ -228,3 +229,32 @@ def test_failure_during_calibration_leaves_no_file(fp32_model, tmp_path):
     with pytest.raises(FileNotFoundError, match="no ONNX model"):
         quantize_int8(tmp_path / "missing.onnx", missing, iter(good))
     assert not missing.exists()
+
+
+class _ConvUpsampleProject(nn.Module):
+    """conv -> bilinear resize to the input size (two MatMuls in ONNX) -> MatMul by a learned (W, W) matrix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=8, padding=1)
+        self.project = nn.Parameter(torch.randn(SIZE, SIZE))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, 4, H, W)."""
+        return bilinear_resize(self.conv(x), x.shape[-2:]) @ self.project
+
+
+@pytest.mark.parametrize("dynamic_size", [True, False], ids=["dynamic", "static"])
+def test_interpolation_matmuls_stay_float_and_other_matmuls_do_not(dynamic_size, tmp_path):
+    path = tmp_path / "up.onnx"
+    axes = {"images": {0: "n", 2: "h", 3: "w"}} if dynamic_size else {"images": {0: "n"}}
+    torch.onnx.export(
+        _ConvUpsampleProject().eval(), (torch.from_numpy(_images(1, 0)[0]),), str(path), dynamo=False,
+        opset_version=17, input_names=["images"], output_names=["y"], dynamic_axes=axes, do_constant_folding=True,
+    )  # fmt: skip
+    model = onnx.load(str(path))
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    assert len(matmuls) == 3
+    kept = set(float_nodes(model))
+    # The learned projection is the last MatMul (its input is the resized map): quantized as usual.
+    assert [n.name in kept for n in matmuls] == [True, True, False]

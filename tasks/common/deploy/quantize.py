@@ -243,6 +243,9 @@ def float_nodes(model: onnx.ModelProto) -> list[str]:
       around it only adds a quantize and a dequantize pass; for the last upsampling of segmentation logits to
       the input size that pair alone costs about 40% of the Resize (1 x 21 x 512 x 512). Nearest-neighbour
       Resize is kept in int8 (it moves bytes).
+    - `MatMul` by a bilinear interpolation matrix (`heads._layers.bilinear_as_matmuls`, the export's form of
+      a bilinear resize: one operand computed from tensor shapes only, or a constant non-negative matrix whose
+      rows or columns sum to 1): it replaces a float Resize, and 8-bit taps would move every output.
     - Pass-through ops (reshape, transpose, concat, ...) on the way to a graph output: the outputs stay float
       (logits, box offsets, depth), without one shared 8-bit scale across e.g. all default boxes' offsets.
 
@@ -264,8 +267,44 @@ def float_nodes(model: onnx.ModelProto) -> list[str]:
             mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"nearest")
             if (mode.decode() if isinstance(mode, bytes) else mode) != "nearest":
                 keep.append(node.name)
+    keep += interpolation_matmuls(model)
     keep += pass_through_feeders(model, [o.name for o in model.graph.output])
     return list(dict.fromkeys(keep))
+
+
+def shape_derived_tensors(model: onnx.ModelProto) -> set[str]:
+    """Names of the values of `model` computed without reading any graph input's values (only their shapes)."""
+    initializers = {t.name for t in model.graph.initializer}
+    data = {i.name for i in model.graph.input if i.name not in initializers}
+    derived: set[str] = set()
+    for node in model.graph.node:  # topological order
+        reads_data = node.op_type not in ("Shape", "Size") and any(name in data for name in node.input)
+        (data if reads_data else derived).update(node.output)
+    return derived
+
+
+def _is_interpolation_matrix(weights: np.ndarray) -> bool:
+    """A 2-D non-negative matrix whose rows (or columns) sum to 1: linear-interpolation taps."""
+    if weights.ndim != 2 or weights.size == 0 or (weights < 0).any():
+        return False
+    return any(np.allclose(weights.sum(axis=axis), 1.0, atol=1e-5) for axis in (0, 1))
+
+
+def interpolation_matmuls(model: onnx.ModelProto) -> list[str]:
+    """The `MatMul` nodes that multiply by an interpolation matrix (see `float_nodes`)."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    derived = shape_derived_tensors(model)
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "MatMul":
+            continue
+        for name in node.input:
+            if name in derived or (
+                name in initializers and _is_interpolation_matrix(numpy_helper.to_array(initializers[name]))
+            ):
+                found.append(node.name)
+                break
+    return found
 
 
 def pass_through_feeders(model: onnx.ModelProto, tensors: list[str], stop: set[str] | None = None) -> list[str]:
