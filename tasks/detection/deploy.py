@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torchvision.ops import clip_boxes_to_image
 
 from heads.box_coder import decode_boxes
-from tasks.common.deploy.graph import batched_nms_padded
+from tasks.common.deploy.graph import batched_nms_padded, gather_rows
 from tasks.common.deploy.onnx_export import TaskDeployment
 from tasks.common.deploy.runtime import OnnxEvaluation
 from tasks.detection.datamodule import DetectionDataModule
@@ -80,9 +80,9 @@ class DetectionOutputs(nn.Module):
         # on which onnxruntime's TopK is several times faster (90 x 3234 scores, k = 300, 2 threads: 4.9 ms
         # with real scores, 1.4 ms with 99% of them zero). Probabilities are >= 0, so no kept score is 0
         # unless score_thresh < 0, when nothing is masked.
-        scores = torch.where(scores > self.score_thresh, scores, torch.zeros_like(scores))
+        scores = scores * (scores > self.score_thresh)  # as torch.where(..., 0), but one pass less in onnxruntime
         top_scores, top_idx = scores.transpose(1, 2).topk(k, dim=2)  # (N, C-1, k)
-        cand_boxes = boxes.gather(1, top_idx.reshape(n, num_fg * k, 1).expand(n, num_fg * k, 4))
+        cand_boxes = gather_rows(boxes, top_idx.reshape(n, num_fg * k))  # (N, (C-1) * k, 4)
         labels = torch.arange(1, num_fg + 1, device=scores.device).view(1, -1, 1).expand_as(top_idx)
         return batched_nms_padded(
             cand_boxes.reshape(n, num_fg, k, 4), top_scores, labels, top_scores > self.score_thresh,

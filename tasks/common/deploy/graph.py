@@ -76,6 +76,24 @@ class DeployableModel(nn.Module):
 _SCORE_FLOOR = -0.5
 
 
+def gather_rows(values: Tensor, index: Tensor) -> Tensor:
+    """`values.gather(1, index[..., None].expand(N, M, D))` as one Gather on the flattened rows.
+
+    Why: the exported `Expand` + `GatherElements` of the expanded form cost onnxruntime 7.6 ms of an 88 ms int8
+    SSDLite run at batch 8 (27000 candidate boxes per image); indexing the (N * A, D) rows takes one `Gather`.
+
+    Args:
+        values: (N, A, D), e.g. boxes.
+        index: (N, M) int64 row indices into each image's A rows.
+
+    Returns:
+        (N, M, D).
+    """
+    n, rows, width = values.shape
+    offsets = torch.arange(n, device=index.device).view(n, 1) * rows  # (N, 1): image i's first row
+    return values.reshape(n * rows, width)[(index + offsets).reshape(-1)].reshape(n, -1, width)
+
+
 class _NonMaxSuppression(torch.autograd.Function):
     """Per-(batch, class) NMS with ONNX `NonMaxSuppression` semantics; exports as that one ONNX op.
 
@@ -142,7 +160,7 @@ def batched_nms_padded(
     k = min(int(max_detections), groups * m)
     top_scores, top_idx = dense.reshape(n, groups * m).topk(k, dim=1)  # (N, K)
     keep = top_scores > 0.0  # kept candidates passed a threshold >= 0; padding is -1
-    out_boxes = boxes.reshape(n, groups * m, 4).gather(1, top_idx.unsqueeze(-1).expand(n, k, 4))
+    out_boxes = gather_rows(boxes.reshape(n, groups * m, 4), top_idx)
     out_labels = labels.reshape(n, groups * m).gather(1, top_idx)
     zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
     out_boxes = torch.where(keep.unsqueeze(-1), out_boxes, zero)

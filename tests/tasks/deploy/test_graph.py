@@ -15,7 +15,7 @@ import torch
 
 from backbones import list_backbones
 from tasks.common.data import normalize
-from tasks.common.deploy.graph import ImagePreprocess
+from tasks.common.deploy.graph import ImagePreprocess, gather_rows
 from tasks.common.deploy.onnx_export import compare_outputs, deployable_model, export_onnx, random_images
 from tasks.depth.module import DepthModule
 from tasks.detection.module import DetectionModule
@@ -124,3 +124,9 @@ def test_detection_graph_gives_the_training_codes_detections():
             np.testing.assert_allclose(sa, sb, rtol=1e-5)
             np.testing.assert_allclose(ba, bb, rtol=1e-5, atol=1e-4)
         assert (scores[i, n:] == 0).all() and (labels[i, n:] == 0).all()  # padding
+
+
+def test_gather_rows_equals_gather_with_expanded_index():
+    values, index = torch.randn(3, 50, 4), torch.randint(0, 50, (3, 17))
+    expected = values.gather(1, index.unsqueeze(-1).expand(3, 17, 4))
+    assert torch.equal(gather_rows(values, index), expected)
