@@ -12,7 +12,8 @@ thresholds) and exported, verified and quantized with the same functions (`expor
 `postprocessing_nodes`, `quantize_int8`). What differs from torchvision's own pipeline: its
 `GeneralizedRCNNTransform` (resize, mean/std 0.5) and its postprocess are not used; resizing stays outside
 every graph. All models x runtimes are timed once per round, round-robin over the batch sizes, so that load
-from other processes hits all alike; the table gives medians and ratios, and int8-vs-fp32 agreement on
+from other processes hits all alike; the table gives medians and, for the ratios, the median of the per-round
+ratios (the two calls of a ratio run seconds apart), and int8-vs-fp32 agreement on
 held-out real images (segmentation: class-map agreement; depth: mean relative error; detection: mean |score
 difference| of the top-10 detections).
 
@@ -396,19 +397,25 @@ def main() -> None:
                 times[key].append(time.perf_counter() - start)
         med = {k: 1000 * statistics.median(v) for k, v in times.items()}
 
+    def ratio(a: tuple, b: tuple) -> float:
+        # Median of the per-round ratios: the two calls of a round run seconds apart, so a
+        # load change between rounds moves both; the ratio of the two medians would mix different rounds.
+        return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
     rows = []
     for batch in args.batch:
         for name, r in runners.items():
             arch = r["case"].arch
             pair = next((n for n, o in runners.items() if arch and o["case"].arch == arch and n != name), None)
             eager_ms, fp32_ms, int8_ms = (med[(name, k, batch)] for k in ("eager", "fp32", "int8"))
+            eager, fp32, int8 = ((name, k, batch) for k in ("eager", "fp32", "int8"))
             vs = ""
             if pair and r["case"].ours:
-                vs = f"**{fp32_ms / med[(pair, 'fp32', batch)]:.2f}x** / {int8_ms / med[(pair, 'int8', batch)]:.2f}x"
-            int8_vs = f"**{int8_ms / fp32_ms:.2f}x**" if r["case"].ours else f"{int8_ms / fp32_ms:.2f}x"
+                vs = f"**{ratio(fp32, (pair, 'fp32', batch)):.2f}x** / {ratio(int8, (pair, 'int8', batch)):.2f}x"
+            int8_vs = f"**{ratio(int8, fp32):.2f}x**" if r["case"].ours else f"{ratio(int8, fp32):.2f}x"
             rows.append(
                 f"| {name} | {r['case'].size} | {batch} | {eager_ms:.1f} | {fp32_ms:.1f} | {int8_ms:.1f} | "
-                f"{fp32_ms / eager_ms:.2f}x | {int8_vs} | {vs} | {r['agree']} |"
+                f"{ratio(fp32, eager):.2f}x | {int8_vs} | {vs} | {r['agree']} |"
             )
     print(f"\nload average (1 min) during timing: {min(loads):.1f} .. {max(loads):.1f}")
     print(
