@@ -28,6 +28,7 @@ import importlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,7 +218,10 @@ def export_onnx(
     """`torch.onnx.export` of `model` at `image_size` (batch 2), dynamic batch (and H, W), opset 17, to `path`."""
     example = random_images(2, image_size)
     axes, shapes = _dynamic_axes(model, example, dynamic_size)
-    with torch.no_grad():
+    # The trace records Python decisions on sizes (a resize skipped at equal size, the MatMul form of a bilinear
+    # resize) as constants, and torch warns about each; verify_export then checks the file at a second size.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
             model, (example,), str(path), input_names=[INPUT_NAME], output_names=list(model.output_names),
             dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True,
