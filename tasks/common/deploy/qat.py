@@ -43,6 +43,8 @@ from onnx import helper, numpy_helper
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from tasks.common.deploy.quantize import interpolation_matmul_nodes, shape_derived_tensors
+
 
 @dataclass(frozen=True)
 class QATReport:
@@ -210,7 +212,8 @@ def requantize_concats(model: onnx.ModelProto) -> int:
     PTQ's 0.45x for that one float convolution at stride 4). A QuantizeLinear -> DequantizeLinear pair with the
     inputs' own parameters after the Concat lets both run in uint8. Where every input arrives unchanged (a
     DequantizeLinear output, an Expand broadcast of one, a nearest-neighbour Resize) the pair changes no value;
-    where one arrives through a bilinear Resize (DeepLabv3+ upsampling ASPP's output to stride 4), its values
+    where one arrives through a bilinear resize (DeepLabv3+ upsampling ASPP's output to stride 4: a linear
+    Resize, or the export's two MatMuls by interpolation matrices, `heads._layers.bilinear_as_matmuls`), its values
     stay in the range but fall between grid points, and where the inputs have different scales (NNCF unifies
     them for some Concats only) the output gets one uint8 grid spanning all the inputs' ranges; both round by
     at most half a step of the output grid: what post-training quantization does to every tensor, and what
@@ -229,12 +232,17 @@ def requantize_concats(model: onnx.ModelProto) -> int:
     producer = {o: n for n in graph.node for o in n.output}
     outputs = {o.name for o in graph.output}
     taken = {v for n in graph.node for v in (*n.input, *n.output)} | set(values)
+    interpolated = {n.output[0] for n in interpolation_matmul_nodes(model)}  # the export's bilinear resizes
+    weights = shape_derived_tensors(model) | set(values)
 
     def dequantized_source(name: str) -> onnx.NodeProto | None:
         """The DequantizeLinear whose values reach `name` through ops that keep them in its range."""
         node = producer.get(name)
         if node is not None and node.op_type == "Expand":  # a broadcast copies values
             return dequantized_source(node.input[0])
+        if node is not None and name in interpolated:  # a bilinear resize as MatMuls: convex combinations
+            data = [i for i in node.input if i not in weights]
+            return dequantized_source(data[0]) if len(data) == 1 else None
         if node is not None and node.op_type == "Resize":
             mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"nearest")
             if mode in (b"nearest", b"linear"):  # copies, or convex combinations of neighbours (never cubic)

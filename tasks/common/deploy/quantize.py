@@ -290,7 +290,7 @@ def _is_interpolation_matrix(weights: np.ndarray) -> bool:
     return any(np.allclose(weights.sum(axis=axis), 1.0, atol=1e-5) for axis in (0, 1))
 
 
-def interpolation_matmuls(model: onnx.ModelProto) -> list[str]:
+def interpolation_matmul_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The `MatMul` nodes that multiply by an interpolation matrix (see `float_nodes`)."""
     initializers = {t.name: t for t in model.graph.initializer}
     derived = shape_derived_tensors(model)
@@ -302,9 +302,14 @@ def interpolation_matmuls(model: onnx.ModelProto) -> list[str]:
             if name in derived or (
                 name in initializers and _is_interpolation_matrix(numpy_helper.to_array(initializers[name]))
             ):
-                found.append(node.name)
+                found.append(node)
                 break
     return found
+
+
+def interpolation_matmuls(model: onnx.ModelProto) -> list[str]:
+    """Names of `interpolation_matmul_nodes(model)`."""
+    return [node.name for node in interpolation_matmul_nodes(model)]
 
 
 def pass_through_feeders(model: onnx.ModelProto, tensors: list[str], stop: set[str] | None = None) -> list[str]:

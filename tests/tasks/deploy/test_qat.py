@@ -18,6 +18,7 @@ import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from backbones import fuse_for_inference  # noqa: E402
+from heads._layers import interpolation_matrix  # noqa: E402
 from tasks.common.deploy.onnx_export import export_module  # noqa: E402
 from tasks.common.deploy.qat import (  # noqa: E402
     quantization_aware_training,
@@ -164,3 +165,36 @@ def test_requantize_concats_is_exact_on_one_grid_and_within_half_a_step_across_g
     assert requantize_concats(mixed) == 1
     step = (max(255 * 0.02, 245 * 0.05) + 10 * 0.05) / 255  # one grid spanning [-0.5, 12.25]
     assert np.abs(_run(mixed, feed) - before).max() <= step / 2 + 1e-6
+
+
+def _interpolated_concat_graph(matrix: np.ndarray):
+    """uint8 a (1, 2, 4, 4) -> DequantizeLinear -> MatMul by `matrix` (4, 8); Concat with uint8 b (1, 2, 4, 8)."""
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+             numpy_helper.from_array(np.array(10, np.uint8), "z"),
+             numpy_helper.from_array(matrix.astype(np.float32), "m")]  # fmt: skip
+    nodes = [
+        helper.make_node("DequantizeLinear", ["a", "s", "z"], ["da"]),
+        helper.make_node("MatMul", ["da", "m"], ["up"], name="resize_columns"),
+        helper.make_node("DequantizeLinear", ["b", "s", "z"], ["db"]),
+        helper.make_node("Concat", ["up", "db"], ["c"], axis=1, name="concat"),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    inputs = [helper.make_tensor_value_info("a", TensorProto.UINT8, [1, 2, 4, 4]),
+              helper.make_tensor_value_info("b", TensorProto.UINT8, [1, 2, 4, 8])]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_requantize_concats_follows_the_exports_bilinear_matmuls():
+    rng = np.random.default_rng(0)
+    feed = {
+        "a": rng.integers(0, 256, (1, 2, 4, 4), dtype=np.uint8),
+        "b": rng.integers(0, 256, (1, 2, 4, 8), dtype=np.uint8),
+    }
+    columns = interpolation_matrix(4, 8, torch.zeros(())).T.numpy()  # (4, 8): x @ A_w^T upsamples the width
+    model = _interpolated_concat_graph(columns)
+    before = _run(model, feed)
+    assert requantize_concats(model) == 1
+    assert np.abs(_run(model, feed) - before).max() <= 0.05 / 2 + 1e-6  # convex combinations: half a step
+    # A MatMul by any other matrix (a learned projection) can leave the range: the Concat is left float.
+    assert requantize_concats(_interpolated_concat_graph(rng.normal(size=(4, 8)))) == 0
