@@ -22,6 +22,7 @@ from heads._layers import interpolation_matrix  # noqa: E402
 from tasks.common.deploy.onnx_export import export_module  # noqa: E402
 from tasks.common.deploy.qat import (  # noqa: E402
     quantization_aware_training,
+    quantize_convolution_outputs,
     quantize_for_training,
     requantize_concats,
 )
@@ -68,15 +69,15 @@ def test_qat_export_runs_every_convolution_in_int8_and_validates(name, checkpoin
         return bool(nodes) and all(n.op_type == "QuantizeLinear" for n in nodes)
 
     # NNCF quantizes the inputs of operations, so a convolution whose output feeds the network's float output
-    # part stays float: depth's last 1x1 conv (before the sigmoid), detection's 6 + 6 class and box predictor
-    # convs (before the reshapes to the box decoding). Every other one must run as an integer kernel, not as
-    # a float Conv / FusedConv between a dequantize and a quantize (what NNCF's default per-channel
-    # activations or a zero point drifted above 0 after a ReLU6 made of 35 and of 12 of 55 convolutions).
-    float_output = sum(n.op_type == "Conv" and not quantized(n.output[0]) for n in graph.node)
-    assert float_output == {"depth": 1, "segmentation": 0, "detection": 12}[name]
+    # part gets no output quantizer: depth's last 1x1 conv (before the sigmoid), detection's 6 + 6 class and box
+    # predictor convs; the export gives them a calibrated one (`quantize_convolution_outputs`). So every
+    # convolution must run as an integer kernel, not as a float Conv / FusedConv between a dequantize and a
+    # quantize (what NNCF's default per-channel activations or a zero point drifted above 0 after a ReLU6 made
+    # of 35 and of 12 of 55 convolutions).
+    assert not any(n.op_type == "Conv" and not quantized(n.output[0]) for n in graph.node)
     ops = _optimized_ops(tmp_path / "qat.onnx", tmp_path)
-    assert ops.count("QLinearConv") == convolutions - float_output, sorted(set(ops))
-    assert ops.count("Conv") + ops.count("FusedConv") == float_output
+    assert ops.count("QLinearConv") == convolutions, sorted(set(ops))
+    assert ops.count("Conv") + ops.count("FusedConv") == 0
     quantized = metrics(main(["validate", *args, "--onnx", "qat.onnx"]))
     assert metric in quantized
 
@@ -198,3 +199,39 @@ def test_requantize_concats_follows_the_exports_bilinear_matmuls():
     assert np.abs(_run(model, feed) - before).max() <= 0.05 / 2 + 1e-6  # convex combinations: half a step
     # A MatMul by any other matrix (a learned projection) can leave the range: the Concat is left float.
     assert requantize_concats(_interpolated_concat_graph(rng.normal(size=(4, 8)))) == 0
+
+
+def _float_output_conv_graph():
+    """float x -> Q / DQ -> Conv (int8 weights, DQ) -> Reshape -> y: a convolution NNCF leaves float."""
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "xs"),
+             numpy_helper.from_array(np.array(128, np.uint8), "xz"),
+             numpy_helper.from_array(rng.integers(-127, 128, (3, 2, 1, 1), dtype=np.int8), "wq"),
+             numpy_helper.from_array(np.full(3, 0.01, np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(3, np.int8), "wz"),
+             numpy_helper.from_array(np.array([1, -1], np.int64), "shape")]  # fmt: skip
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0),
+        helper.make_node("Conv", ["xd", "w"], ["c"], name="predictor"),
+        helper.make_node("Reshape", ["c", "shape"], ["y"]),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])]
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_quantize_convolution_outputs_makes_the_float_convolution_an_integer_kernel(tmp_path):
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(size=(1, 2, 4, 4)).astype(np.float32) for _ in range(3)]
+    model = _float_output_conv_graph()
+    before = [_run(model, {"x": b}) for b in batches]
+    assert quantize_convolution_outputs(model, batches) == 1
+    after = [_run(model, {"x": b}) for b in batches]
+    step = max(float(np.ptp(np.concatenate([b.ravel() for b in before] + [np.zeros(1)]))) / 255, 1e-8)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(after, before)) <= step / 2 + 1e-6  # calibrated range
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    ops = _optimized_ops(tmp_path / "m.onnx", tmp_path)
+    assert "QLinearConv" in ops and "Conv" not in ops
+    assert quantize_convolution_outputs(model, batches) == 0  # already quantized: nothing left to do
