@@ -297,12 +297,13 @@ def requantize_concats(model: onnx.ModelProto) -> int:
 
 
 def float_output_convolutions(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The Conv nodes that read dequantized inputs and weights but write float that no QuantizeLinear reads.
+    """The Conv nodes that read dequantized inputs and weights and write float that no QuantizeLinear reads.
 
-    NNCF quantizes operation inputs, so the convolutions whose outputs only reach the float output part (the
-    SSDLite predictors' last convolutions before the box decoding, depth's last 1x1 convolution before the
-    sigmoid) get no output quantizer, and onnxruntime runs them as float convolutions (it fuses
-    `QLinearConv` only between a dequantize and a quantize).
+    (Directly or through the ReLU / ReLU6 that onnxruntime folds into the convolution.) NNCF quantizes
+    operation inputs, so the convolutions whose outputs only reach the float output part (the SSDLite
+    predictors' last convolutions before the box decoding, depth's last 1x1 convolution before the sigmoid) get
+    no output quantizer, and onnxruntime runs them as float convolutions (it fuses `QLinearConv` only between a
+    dequantize and a quantize).
     """
     producer = {o: n for n in model.graph.node for o in n.output}
     readers: dict[str, list[onnx.NodeProto]] = {}
@@ -313,6 +314,12 @@ def float_output_convolutions(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     def dequantized(name: str) -> bool:
         return name in producer and producer[name].op_type == "DequantizeLinear"
 
+    def quantized(name: str) -> bool:  # read by QuantizeLinear, possibly through the ReLU / ReLU6 it absorbs
+        nodes = readers.get(name, [])
+        if len(nodes) == 1 and nodes[0].op_type in ("Relu", "Clip"):
+            return quantized(nodes[0].output[0])
+        return any(n.op_type == "QuantizeLinear" for n in nodes)
+
     graph_outputs = {o.name for o in model.graph.output}
     return [
         node
@@ -321,7 +328,7 @@ def float_output_convolutions(model: onnx.ModelProto) -> list[onnx.NodeProto]:
         and node.output[0] not in graph_outputs
         and dequantized(node.input[0])
         and dequantized(node.input[1])
-        and not any(r.op_type == "QuantizeLinear" for r in readers.get(node.output[0], []))
+        and not quantized(node.output[0])
     ]
 
 

@@ -78,6 +78,12 @@ def test_qat_export_runs_every_convolution_in_int8_and_validates(name, checkpoin
     ops = _optimized_ops(tmp_path / "qat.onnx", tmp_path)
     assert ops.count("QLinearConv") == convolutions, sorted(set(ops))
     assert ops.count("Conv") + ops.count("FusedConv") == 0
+    # ... and none pays a requantization (a DequantizeLinear straight into a QuantizeLinear left unfused).
+    optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
+    producers = {o: n.op_type for n in optimized for o in n.output}
+    assert not [
+        n.name for n in optimized if n.op_type == "QuantizeLinear" and producers.get(n.input[0]) == "DequantizeLinear"
+    ]
     quantized = metrics(main(["validate", *args, "--onnx", "qat.onnx"]))
     assert metric in quantized
 
