@@ -337,8 +337,8 @@ def quantize_convolution_outputs(model: onnx.ModelProto, batches: Iterable[np.nd
 
     The range is the min / max of the output over the batches (widened to include 0), as post-training
     quantization calibrates it, so these convolutions run as `QLinearConv` like PTQ's; what follows them stays
-    float. Measured on BCCD SSDLite MobileNetV2: the QAT file went from 0.66x to PTQ's 0.56-0.60x of fp32 at
-    batch 8. Modifies `model` in place.
+    float. Measured on BCCD SSDLite MobileNetV2 (12 predictor convolutions), real images at batch 8: the QAT
+    file went from 0.81x to 0.61x of fp32 (PTQ's: 0.56x). Modifies `model` in place.
 
     Args:
         model: The exported QAT model (its graph input is the uint8 image).
@@ -376,8 +376,12 @@ def quantize_convolution_outputs(model: onnx.ModelProto, batches: Iterable[np.nd
                     reader.input[i] = dequantized
         params = [f"{name}_output_scale", f"{name}_output_zero_point"]
         position = list(graph.node).index(node) + 1
-        graph.node.insert(position, helper.make_node("QuantizeLinear", [name, *params], [quantized]))
-        graph.node.insert(position + 1, helper.make_node("DequantizeLinear", [quantized, *params], [dequantized]))
+        graph.node.insert(position, helper.make_node(
+            "QuantizeLinear", [name, *params], [quantized], name=f"{node.name}_output_quantize"
+        ))  # fmt: skip
+        graph.node.insert(position + 1, helper.make_node(
+            "DequantizeLinear", [quantized, *params], [dequantized], name=f"{node.name}_output_dequantize"
+        ))  # fmt: skip
     return len(convolutions)
 
 
