@@ -38,15 +38,13 @@ class ImagePreprocess(nn.Module):
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
-        mean_t, std_t = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
-        # normalize()'s x / 255, then (x - mean) / std, folded into one subtraction and one multiplication
-        # (within 5e-7 of it): one pass over the image less in the exported graph (0.35 ms of a 512 x 512 image).
-        self.register_buffer("offset", (255.0 * mean_t).float().view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("scale", (1.0 / (255.0 * std_t)).float().view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor) -> Tensor:
         """(N, 3, H, W) uint8 -> (N, 3, H, W) float32."""
-        return (images.float() - self.offset) * self.scale
+        # The same two float operations as normalize(): x / 255, then (x - mean) / std.
+        return (images.float() / 255.0 - self.mean) / self.std
 
 
 class DeployableModel(nn.Module):
