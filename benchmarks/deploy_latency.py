@@ -407,8 +407,8 @@ def main() -> None:
         for name, r in runners.items():
             arch = r["case"].arch
             pair = next((n for n, o in runners.items() if arch and o["case"].arch == arch and n != name), None)
-            eager_ms, fp32_ms, int8_ms = (med[(name, k, batch)] for k in ("eager", "fp32", "int8"))
-            eager, fp32, int8 = ((name, k, batch) for k in ("eager", "fp32", "int8"))
+            eager, fp32, int8 = keys = [(name, k, batch) for k in ("eager", "fp32", "int8")]
+            eager_ms, fp32_ms, int8_ms = (med[k] for k in keys)
             vs = ""
             if pair and r["case"].ours:
                 vs = f"**{ratio(fp32, (pair, 'fp32', batch)):.2f}x** / {ratio(int8, (pair, 'int8', batch)):.2f}x"

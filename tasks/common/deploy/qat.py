@@ -281,17 +281,10 @@ def requantize_concats(model: onnx.ModelProto) -> int:
                     numpy_helper.from_array(np.array(zero), zero_name),
                 ]
             )
-        for reader in graph.node:
-            for i, name in enumerate(reader.input):
-                if name == node.output[0]:
-                    reader.input[i] = dequantized
-        position = list(graph.node).index(node) + 1
-        graph.node.insert(position, helper.make_node(
-            "QuantizeLinear", [node.output[0], scale_name, zero_name], [quantized], name=f"{node.name}_requantize"
-        ))  # fmt: skip
-        graph.node.insert(position + 1, helper.make_node(
-            "DequantizeLinear", [quantized, scale_name, zero_name], [dequantized], name=f"{node.name}_dequantize"
-        ))  # fmt: skip
+        _insert_quantize_dequantize(
+            graph, node, (scale_name, zero_name), (quantized, dequantized),
+            (f"{node.name}_requantize", f"{node.name}_dequantize"),
+        )  # fmt: skip
         count += 1
     return count
 
@@ -370,19 +363,39 @@ def quantize_convolution_outputs(model: onnx.ModelProto, batches: Iterable[np.nd
         quantized, dequantized = f"{name}_output_quantized", f"{name}_output_dequantized"
         graph.initializer.extend([numpy_helper.from_array(np.array(scale), f"{name}_output_scale"),
                                   numpy_helper.from_array(np.array(zero), f"{name}_output_zero_point")])  # fmt: skip
-        for reader in graph.node:
-            for i, value in enumerate(reader.input):
-                if value == name:
-                    reader.input[i] = dequantized
-        params = [f"{name}_output_scale", f"{name}_output_zero_point"]
-        position = list(graph.node).index(node) + 1
-        graph.node.insert(position, helper.make_node(
-            "QuantizeLinear", [name, *params], [quantized], name=f"{node.name}_output_quantize"
-        ))  # fmt: skip
-        graph.node.insert(position + 1, helper.make_node(
-            "DequantizeLinear", [quantized, *params], [dequantized], name=f"{node.name}_output_dequantize"
-        ))  # fmt: skip
+        _insert_quantize_dequantize(
+            graph, node, (f"{name}_output_scale", f"{name}_output_zero_point"), (quantized, dequantized),
+            (f"{node.name}_output_quantize", f"{node.name}_output_dequantize"),
+        )  # fmt: skip
     return len(convolutions)
+
+
+def _insert_quantize_dequantize(
+    graph: onnx.GraphProto,
+    node: onnx.NodeProto,
+    params: tuple[str, str],
+    values: tuple[str, str],
+    names: tuple[str, str],
+) -> None:
+    """QuantizeLinear -> DequantizeLinear right after `node`, whose readers then read the dequantized value.
+
+    Args:
+        graph: The graph holding `node` (modified in place).
+        node: The node whose first output gets quantized.
+        params: Names of the scale and zero point (already in the graph).
+        values: Names of the quantized and the dequantized values.
+        names: Names of the QuantizeLinear and DequantizeLinear nodes.
+    """
+    source, (quantized, dequantized) = node.output[0], values
+    for reader in graph.node:
+        for i, name in enumerate(reader.input):
+            if name == source:
+                reader.input[i] = dequantized
+    position = list(graph.node).index(node) + 1
+    graph.node.insert(position, helper.make_node("QuantizeLinear", [source, *params], [quantized], name=names[0]))
+    graph.node.insert(
+        position + 1, helper.make_node("DequantizeLinear", [quantized, *params], [dequantized], name=names[1])
+    )
 
 
 def _forever(batches: Iterable[dict]) -> Iterator[dict]:

@@ -23,3 +23,8 @@ TASKS = {
 def metrics(cli) -> dict[str, float]:
     """The metrics a `validate` / `test` CLI run logged."""
     return {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+
+
+def cli_args(name: str) -> list[str]:
+    """Task `name`'s tiny settings without a logger: the arguments its export / validate runs share."""
+    return [*COMMON, *TASKS[name][1], "--trainer.logger=false"]

@@ -16,14 +16,14 @@ from tasks.common.deploy.onnx_export import export_module
 from tasks.common.deploy.runtime import OnnxModel, load_onnx_module
 from tasks.detection.cli import main as detection_main
 from tasks.segmentation.cli import main as segmentation_main
-from tests.tasks.deploy._cli_tasks import COMMON, TASKS, metrics
+from tests.tasks.deploy._cli_tasks import COMMON, TASKS, cli_args, metrics
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_export_validate_predict(name, checkpoints, tmp_path, monkeypatch, capsys):
-    main, tiny, metric, _ = TASKS[name]
+    main, _, metric, _ = TASKS[name]
     monkeypatch.chdir(tmp_path)
-    args = [*COMMON, *tiny, "--trainer.logger=false"]
+    args = cli_args(name)
     ckpt = str(checkpoints[name])
     main(["export", *args, "--ckpt_path", ckpt, "--output", "out/model.onnx"])
     printed = capsys.readouterr().out
@@ -52,9 +52,9 @@ def test_export_validate_predict(name, checkpoints, tmp_path, monkeypatch, capsy
 
 
 def test_raw_detection_export_validates_like_the_checkpoint(checkpoints, tmp_path, monkeypatch):
-    main, tiny, _, _ = TASKS["detection"]
+    main = TASKS["detection"][0]
     monkeypatch.chdir(tmp_path)
-    args = [*COMMON, *tiny, "--trainer.logger=false"]
+    args = cli_args("detection")
     main(["export", *args, "--ckpt_path", str(checkpoints["detection"]), "--output", "raw.onnx", "--raw"])
     model = OnnxModel("raw.onnx")
     assert model.raw and model.output_names == ["box_regression", "cls_logits", "default_boxes"]
@@ -72,27 +72,25 @@ def test_checkpoint_of_another_task_is_refused(checkpoints, tmp_path, monkeypatc
 
 
 def test_checkpoint_of_another_architecture_is_refused(checkpoints, tmp_path, monkeypatch):
-    main, tiny, _, _ = TASKS["depth"]
+    main = TASKS["depth"][0]
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="do not fit the depth model built for it .*backbone=shufflenet_v2"):
-        main(["export", *COMMON, *tiny, "--ckpt_path", str(checkpoints["depth"]), "--backbone=shufflenet_v2",
-              "--output", "m.onnx", "--trainer.logger=false"])  # fmt: skip
+        main(["export", *cli_args("depth"), "--ckpt_path", str(checkpoints["depth"]), "--backbone=shufflenet_v2",
+              "--output", "m.onnx"])  # fmt: skip
     assert not (tmp_path / "m.onnx").exists()
 
 
 def test_unwritable_output_is_refused_and_nothing_written(checkpoints, tmp_path, monkeypatch):
-    main, tiny, _, _ = TASKS["depth"]
+    main, args = TASKS["depth"][0], [*cli_args("depth"), "--ckpt_path", str(checkpoints["depth"])]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(NotADirectoryError, match="a_file is a file, not a folder"):
-        main(["export", *COMMON, *tiny, "--ckpt_path", str(checkpoints["depth"]), "--output", "a_file/m.onnx",
-              "--trainer.logger=false"])  # fmt: skip
+        main(["export", *args, "--output", "a_file/m.onnx"])
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
         with pytest.raises(PermissionError, match="not writable"):
-            main(["export", *COMMON, *tiny, "--ckpt_path", str(checkpoints["depth"]), "--output",
-                  str(locked / "m.onnx"), "--trainer.logger=false"])  # fmt: skip
+            main(["export", *args, "--output", str(locked / "m.onnx")])
 
 
 def _detection(checkpoints):

@@ -29,7 +29,7 @@ from tasks.common.deploy.qat import (  # noqa: E402
 from tasks.common.deploy.runtime import OnnxModel  # noqa: E402
 from tasks.segmentation.datamodule import SegmentationDataModule  # noqa: E402
 from tasks.segmentation.module import SegmentationModule  # noqa: E402
-from tests.tasks.deploy._cli_tasks import COMMON, TASKS, metrics  # noqa: E402
+from tests.tasks.deploy._cli_tasks import TASKS, cli_args, metrics  # noqa: E402
 
 
 def _optimized_ops(path, tmp_path) -> list[str]:
@@ -42,9 +42,9 @@ def _optimized_ops(path, tmp_path) -> list[str]:
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_qat_export_runs_every_convolution_in_int8_and_validates(name, checkpoints, tmp_path, monkeypatch, capsys):
-    main, tiny, metric, _ = TASKS[name]
+    main, _, metric, _ = TASKS[name]
     monkeypatch.chdir(tmp_path)
-    args = [*COMMON, *tiny, "--trainer.logger=false"]
+    args = cli_args(name)
     ckpt = str(checkpoints[name])
     main(["export", *args, "--ckpt_path", ckpt, "--output", "fp32.onnx"])
     main(["export", *args, "--ckpt_path", ckpt, "--output", "qat.onnx", "--int8", "--qat_steps=4",
@@ -114,9 +114,9 @@ def test_qat_lowers_the_task_loss_of_the_fake_quantized_network():
 
 
 def test_bad_qat_options_are_refused_before_any_work(checkpoints, tmp_path, monkeypatch):
-    main, tiny, _, _ = TASKS["segmentation"]
+    main = TASKS["segmentation"][0]
     monkeypatch.chdir(tmp_path)
-    args = [*COMMON, *tiny, "--trainer.logger=false", "--ckpt_path", str(checkpoints["segmentation"])]
+    args = [*cli_args("segmentation"), "--ckpt_path", str(checkpoints["segmentation"])]
     with pytest.raises(ValueError, match="--qat_steps gives an int8 model: add --int8"):
         main(["export", *args, "--output", "m.onnx", "--qat_steps=3"])
     with pytest.raises(ValueError, match="--qat_steps must be 0"):
