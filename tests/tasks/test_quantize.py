@@ -101,6 +101,12 @@ def test_int8_outputs_close_to_fp32_and_every_conv_runs_as_qlinearconv(fp32_mode
     optimized = onnx.load(str(tmp_path / "opt.onnx"))
     assert sum(n.op_type == "QLinearConv" for n in optimized.graph.node) == n_conv
     assert not any(n.op_type == "Conv" for n in optimized.graph.node)
+    # ... with the channel counts onnxruntime's fast int8 kernels need (tasks.common.deploy.channel_padding):
+    # mobilenet_v3_small's 72-, 88- and 120-channel depthwise convolutions widened to multiples of 16, the stem
+    # given a fourth input channel
+    assert report.depthwise_widened >= 3 and report.inputs_widened == 1
+    groups = [a.i for n in optimized.graph.node if n.op_type == "QLinearConv" for a in n.attribute if a.name == "group"]
+    assert groups and all(g % 16 == 0 for g in groups if g > 1)
 
 
 def test_rule_keeps_documented_ops_float_and_hard_swish_int8(fp32_model, int8_model):

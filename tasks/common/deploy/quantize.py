@@ -55,22 +55,28 @@ class QuantizationReport:
         float_nodes: Names of the nodes kept out of quantization by `float_nodes` (plus any given).
         hard_swish_rewritten: Hard-swish activations rewritten into int8-fusable ops.
         calibration_batches: Batches the activation ranges were calibrated on.
+        depthwise_widened: Depthwise convolutions given zero channels up to a multiple of 16.
+        inputs_widened: Convolutions (the RGB stem) given zero input channels up to 4.
     """
 
     path: Path
     float_nodes: tuple[str, ...]
     hard_swish_rewritten: int
     calibration_batches: int
+    depthwise_widened: int = 0
+    inputs_widened: int = 0
 
     def format(self) -> str:
         """One line for the export summary."""
         return (
             f"int8: calibrated on {self.calibration_batches} training batches; {len(self.float_nodes)} nodes kept "
-            f"float, {self.hard_swish_rewritten} hard-swish rewritten"
+            f"float, {self.hard_swish_rewritten} hard-swish rewritten, {self.depthwise_widened} depthwise and "
+            f"{self.inputs_widened} stem convolutions widened"
         )
 
 
-def _unique_name(base: str, taken: set[str]) -> str:
+def unique_name(base: str, taken: set[str]) -> str:
+    """`base`, or `base_<k>` for the first k that is not in `taken`; the name is added to `taken`."""
     name, k = base, 0
     while name in taken:
         k += 1
@@ -153,7 +159,7 @@ def rewrite_hard_swish(model: onnx.ModelProto) -> int:
 
     constants = {}
     for value, tag in ((3.0, "three"), (0.0, "zero"), (6.0, "six"), (1.0 / 6.0, "one_sixth")):
-        name = _unique_name(f"hard_swish_{tag}", taken)
+        name = unique_name(f"hard_swish_{tag}", taken)
         graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.float32), name))
         constants[tag] = name
 
@@ -167,23 +173,23 @@ def rewrite_hard_swish(model: onnx.ModelProto) -> int:
         if id(node) not in replacement:  # the HardSigmoid of a decomposed pair: emitted with its Mul
             continue
         x, y, base = replacement[id(node)]
-        shifted, clipped, product = (_unique_name(f"{base}_{s}_output", taken) for s in ("add3", "relu6", "mul"))
+        shifted, clipped, product = (unique_name(f"{base}_{s}_output", taken) for s in ("add3", "relu6", "mul"))
         new_nodes += [
-            helper.make_node("Add", [x, constants["three"]], [shifted], name=_unique_name(f"{base}_add3", taken)),
+            helper.make_node("Add", [x, constants["three"]], [shifted], name=unique_name(f"{base}_add3", taken)),
             helper.make_node(
                 "Clip",
                 [shifted, constants["zero"], constants["six"]],
                 [clipped],
-                name=_unique_name(f"{base}_relu6", taken),
+                name=unique_name(f"{base}_relu6", taken),
             ),
         ]
         if _fold_scale_into_convs(graph, y, 1.0 / 6.0, consumers, graph_outputs):
-            new_nodes.append(helper.make_node("Mul", [x, clipped], [y], name=_unique_name(f"{base}_mul", taken)))
+            new_nodes.append(helper.make_node("Mul", [x, clipped], [y], name=unique_name(f"{base}_mul", taken)))
         else:
             new_nodes += [
-                helper.make_node("Mul", [x, clipped], [product], name=_unique_name(f"{base}_mul", taken)),
+                helper.make_node("Mul", [x, clipped], [product], name=unique_name(f"{base}_mul", taken)),
                 helper.make_node(
-                    "Mul", [product, constants["one_sixth"]], [y], name=_unique_name(f"{base}_div6", taken)
+                    "Mul", [product, constants["one_sixth"]], [y], name=unique_name(f"{base}_div6", taken)
                 ),
             ]
     del graph.node[:]
@@ -451,6 +457,7 @@ def quantize_int8(
     per_channel: bool = True,
     nodes_to_exclude: Sequence[str] = (),
     rewrite_activations: bool = True,
+    pad_channels: bool = True,
 ) -> QuantizationReport:
     """Quantize an ONNX model to int8 (static, QDQ), calibrated on `batches`, and write it atomically.
 
@@ -465,6 +472,9 @@ def quantize_int8(
         nodes_to_exclude: More node names to keep float, on top of `float_nodes`'s.
         rewrite_activations: Rewrite hard-swish and spatial means into int8-fusable ops (`rewrite_hard_swish`,
             `rewrite_spatial_mean`).
+        pad_channels: Add zero channels where onnxruntime's fast int8 convolution kernels need them (depthwise
+            channels to a multiple of 16, the RGB stem's input to 4: `channel_padding`). The same function;
+            the quantized model is faster.
 
     Returns:
         What was written.
@@ -490,6 +500,11 @@ def quantize_int8(
     rewritten = rewrite_hard_swish(model) if rewrite_activations else 0
     if rewrite_activations:
         rewrite_spatial_mean(model)
+    padded = (0, 0)
+    if pad_channels:
+        from tasks.common.deploy.channel_padding import pad_depthwise_channels, pad_input_channels
+
+        padded = (pad_depthwise_channels(model), pad_input_channels(model))
     with tempfile.TemporaryDirectory(prefix="litedense_int8_") as tmp_dir:
         pre_path = Path(tmp_dir) / "preprocessed.onnx"
         # onnxruntime's symbolic shape inference writes scratch files into the working directory and leaves
@@ -520,4 +535,4 @@ def quantize_int8(
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
             )
             onnx.checker.check_model(str(tmp_out))
-    return QuantizationReport(Path(output_path), tuple(excluded), rewritten, feed.count)
+    return QuantizationReport(Path(output_path), tuple(excluded), rewritten, feed.count, *padded)
