@@ -291,12 +291,17 @@ def pad_input_channels(model: onnx.ModelProto, multiple: int = INPUT_CHANNEL_MUL
         padded_name = unique_name(f"{node.name}_input{multiple}", taken)
         pads = np.zeros(8, dtype=np.int64)
         pads[5] = multiple - weight.shape[1]  # end of axis 1 (ONNX pads: all begins, then all ends)
-        model.graph.initializer.append(numpy_helper.from_array(pads, pads_name))
-        new_nodes.append(
+        # A Constant node, not an initializer: onnxruntime's `quant_pre_process` stores initializers as external
+        # data for its graph optimizer, whose Pad shape inference cannot read external data.
+        new_nodes += [
+            helper.make_node(
+                "Constant", [], [pads_name], name=unique_name(f"{node.name}_channel_pads", taken),
+                value=numpy_helper.from_array(pads, pads_name),
+            ),
             helper.make_node(
                 "Pad", [node.input[0], pads_name], [padded_name], name=unique_name(f"{node.name}_channel_pad", taken)
-            )
-        )
+            ),
+        ]  # fmt: skip
         _replace_initializer(graph, graph.private_initializer(node, 1, taken), _pad_axis(weight, 1, multiple))
         node.input[0] = padded_name
         new_nodes.append(node)
