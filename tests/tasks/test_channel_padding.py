@@ -64,7 +64,7 @@ def test_padding_aligns_every_depthwise_convolution_and_the_stem_and_keeps_the_o
     assert sorted(set(misaligned)) == [72, 88, 120]
 
     assert pad_depthwise_channels(model) == len(misaligned)
-    assert pad_input_channels(model) == 1
+    assert pad_input_channels(model) == ["/model/conv_stem/Conv_channel_pad"]
     # each depthwise convolution widened to the next multiple of 16 (72 -> 80, 88 -> 96, 120 -> 128), in order
     assert _depthwise_groups(model) == [-(-g // 16) * 16 for g in _depthwise_groups(reference)]
     stem = next(n for n in model.graph.node if n.op_type == "Conv")

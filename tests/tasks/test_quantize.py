@@ -107,6 +107,12 @@ def test_int8_outputs_close_to_fp32_and_every_conv_runs_as_qlinearconv(fp32_mode
     assert report.depthwise_widened >= 3 and report.inputs_widened == 1
     groups = [a.i for n in optimized.graph.node if n.op_type == "QLinearConv" for a in n.attribute if a.name == "group"]
     assert groups and all(g % 16 == 0 for g in groups if g > 1)
+    # the stem's channel Pad runs on the float image, before its QuantizeLinear, not between a dequantize and a
+    # quantize of its own
+    pads = [n for n in optimized.graph.node if n.op_type == "Pad"]
+    assert len(pads) == 1 and pads[0].name in report.float_nodes
+    consumers = [n.op_type for n in optimized.graph.node if pads[0].output[0] in n.input]
+    assert consumers == ["QuantizeLinear"]
 
 
 def test_rule_keeps_documented_ops_float_and_hard_swish_int8(fp32_model, int8_model):

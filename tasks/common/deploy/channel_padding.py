@@ -263,7 +263,7 @@ def pad_depthwise_channels(model: onnx.ModelProto, multiple: int = DEPTHWISE_CHA
     return widened
 
 
-def pad_input_channels(model: onnx.ModelProto, multiple: int = INPUT_CHANNEL_MULTIPLE) -> int:
+def pad_input_channels(model: onnx.ModelProto, multiple: int = INPUT_CHANNEL_MULTIPLE) -> list[str]:
     """Give (in place) each ordinary convolution with too few input channels zero input channels.
 
     Meant for the RGB stem: its 3-channel input becomes 4 channels (a `Pad` of the float input, before it is
@@ -276,11 +276,13 @@ def pad_input_channels(model: onnx.ModelProto, multiple: int = INPUT_CHANNEL_MUL
         multiple: The input channel alignment to reach.
 
     Returns:
-        How many convolutions were given zero input channels.
+        The names of the `Pad` nodes added, one per convolution given zero input channels. They should stay
+        float (`quantize_static(nodes_to_exclude=...)`): onnxruntime runs a QDQ Pad in float anyway, and the
+        dequantize + quantize around it would be two more passes over the image.
     """
     graph = _Graph(model)
     taken = _names(model)
-    padded = 0
+    added: list[str] = []
     new_nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
         weight = graph.weight(node) if node.op_type == "Conv" else None
@@ -302,10 +304,10 @@ def pad_input_channels(model: onnx.ModelProto, multiple: int = INPUT_CHANNEL_MUL
                 "Pad", [node.input[0], pads_name], [padded_name], name=unique_name(f"{node.name}_channel_pad", taken)
             ),
         ]  # fmt: skip
+        added.append(new_nodes[-1].name)
         _replace_initializer(graph, graph.private_initializer(node, 1, taken), _pad_axis(weight, 1, multiple))
         node.input[0] = padded_name
         new_nodes.append(node)
-        padded += 1
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
-    return padded
+    return added

@@ -500,11 +500,11 @@ def quantize_int8(
     rewritten = rewrite_hard_swish(model) if rewrite_activations else 0
     if rewrite_activations:
         rewrite_spatial_mean(model)
-    padded = (0, 0)
+    widened, channel_pads = 0, []
     if pad_channels:
         from tasks.common.deploy.channel_padding import pad_depthwise_channels, pad_input_channels
 
-        padded = (pad_depthwise_channels(model), pad_input_channels(model))
+        widened, channel_pads = pad_depthwise_channels(model), pad_input_channels(model)
     with tempfile.TemporaryDirectory(prefix="litedense_int8_") as tmp_dir:
         pre_path = Path(tmp_dir) / "preprocessed.onnx"
         # onnxruntime's symbolic shape inference writes scratch files into the working directory and leaves
@@ -520,7 +520,7 @@ def quantize_int8(
                 quant_pre_process(model, str(pre_path), skip_symbolic_shape=True)
         finally:
             os.chdir(cwd)
-        excluded = [*float_nodes(onnx.load(str(pre_path))), *nodes_to_exclude]
+        excluded = [*float_nodes(onnx.load(str(pre_path))), *channel_pads, *nodes_to_exclude]
         with atomic_path(output_path) as tmp_out:
             quantize_static(
                 str(pre_path),
@@ -535,4 +535,4 @@ def quantize_int8(
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
             )
             onnx.checker.check_model(str(tmp_out))
-    return QuantizationReport(Path(output_path), tuple(excluded), rewritten, feed.count, *padded)
+    return QuantizationReport(Path(output_path), tuple(excluded), rewritten, feed.count, widened, len(channel_pads))
