@@ -57,6 +57,7 @@ class QuantizationReport:
         calibration_batches: Batches the activation ranges were calibrated on.
         depthwise_widened: Depthwise convolutions given zero channels up to a multiple of 16.
         inputs_widened: Convolutions (the RGB stem) given zero input channels up to 4.
+        normalization_folded: The image normalization was folded into the stem input's QuantizeLinear.
     """
 
     path: Path
@@ -65,6 +66,7 @@ class QuantizationReport:
     calibration_batches: int
     depthwise_widened: int = 0
     inputs_widened: int = 0
+    normalization_folded: bool = False
 
     def format(self) -> str:
         """One line for the export summary."""
@@ -72,6 +74,7 @@ class QuantizationReport:
             f"int8: calibrated on {self.calibration_batches} training batches; {len(self.float_nodes)} nodes kept "
             f"float, {self.hard_swish_rewritten} hard-swish rewritten, {self.depthwise_widened} depthwise and "
             f"{self.inputs_widened} stem convolutions widened"
+            + (", normalization folded into the input quantization" if self.normalization_folded else "")
         )
 
 
@@ -458,6 +461,7 @@ def quantize_int8(
     nodes_to_exclude: Sequence[str] = (),
     rewrite_activations: bool = True,
     pad_channels: bool = True,
+    fold_normalization: bool = True,
 ) -> QuantizationReport:
     """Quantize an ONNX model to int8 (static, QDQ), calibrated on `batches`, and write it atomically.
 
@@ -475,6 +479,8 @@ def quantize_int8(
         pad_channels: Add zero channels where onnxruntime's fast int8 convolution kernels need them (depthwise
             channels to a multiple of 16, the RGB stem's input to 4: `channel_padding`). The same function;
             the quantized model is faster.
+        fold_normalization: Fold the uint8 image's normalization into the QuantizeLinear that feeds the stem
+            (`input_quantization.fold_input_normalization`): the same uint8 stem input, fewer float passes.
 
     Returns:
         What was written.
@@ -534,5 +540,15 @@ def quantize_int8(
                 nodes_to_exclude=excluded,
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
             )
+            folded = False
+            if fold_normalization:
+                from tasks.common.deploy.input_quantization import fold_input_normalization
+
+                quantized = onnx.load(str(tmp_out))
+                folded = fold_input_normalization(quantized)
+                if folded:
+                    onnx.save(quantized, str(tmp_out))
             onnx.checker.check_model(str(tmp_out))
-    return QuantizationReport(Path(output_path), tuple(excluded), rewritten, feed.count, widened, len(channel_pads))
+    return QuantizationReport(
+        Path(output_path), tuple(excluded), rewritten, feed.count, widened, len(channel_pads), folded
+    )
