@@ -491,6 +491,7 @@ def _export_qat(
     Returns the `QATReport` and the int8 graph's onnxruntime outputs against its fake-quantized PyTorch model on
     the first calibration batch (integer arithmetic rounds differently: reported, not required to be 0).
     """
+    from tasks.common.deploy.input_quantization import fold_input_normalization
     from tasks.common.deploy.qat import quantization_aware_training, quantize_convolution_outputs, requantize_concats
 
     if not calibration:
@@ -503,7 +504,10 @@ def _export_qat(
     qat_model = DeployableModel(network, model.outputs).eval()
     export_onnx(qat_model, path, image_size, dynamic_size=dynamic_size)
     proto = onnx.load(str(path))
-    if requantize_concats(proto) + quantize_convolution_outputs(proto, calibration):
+    # The same graph forms as post-training quantization's where they apply to NNCF's QDQ graph (the channel
+    # padding and the per-plane resizes act on the float model, which QAT does not pass through).
+    changed = requantize_concats(proto) + quantize_convolution_outputs(proto, calibration)
+    if fold_input_normalization(proto) or changed:
         onnx.save(proto, str(path))
     errors = compare_outputs(qat_model, _session(path), torch.from_numpy(calibration[0]))
     return report, errors

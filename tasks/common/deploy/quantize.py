@@ -17,6 +17,10 @@ The recipe (measured on onnxruntime 1.32, x86-64 with AVX512-VNNI; docs/deploy.m
 - timm's squeeze-excite mean, `ReduceMean` over height and width, is rewritten as the equal `GlobalAveragePool`
   (`rewrite_spatial_mean`), which runs as `QLinearGlobalAveragePool` in uint8; ReduceMean has no int8 kernel
   and dequantized the full expanded tensor of every squeeze-excite block.
+- Graph forms for onnxruntime's int8 kernels, each the same function (measured gains in their modules):
+  zero channels where MLAS's fast int8 convolutions need them (`channel_padding`), nearest upsampling on
+  channel planes (`resize_planes`), and the image normalization folded into the stem input's QuantizeLinear
+  (`input_quantization`, after quantization).
 - `float_nodes` keeps in float what onnxruntime would run in float anyway and what only adds a
   quantize/dequantize pair (the docstring says which and why).
 - Calibration: MinMax over batches of the task's own training images (`quantize_int8(..., batches)`).

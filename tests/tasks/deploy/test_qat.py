@@ -56,6 +56,9 @@ def test_qat_export_runs_every_convolution_in_int8_and_validates(name, checkpoin
     graph = onnx.load(str(tmp_path / "qat.onnx")).graph
     assert {n.domain for n in graph.node} <= {"", "ai.onnx"}  # no NNCF FakeQuantize left (onnxruntime-loadable)
     assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 20
+    # the image normalization folded into the stem input's per-channel QuantizeLinear, as for PTQ (a constant the
+    # exporter shares with the output part may keep its /preprocess/ name)
+    assert not [n.op_type for n in graph.node if n.name.startswith("/preprocess/") and n.op_type != "Constant"]
     convolutions = sum(n.op_type == "Conv" for n in onnx.load(str(tmp_path / "fp32.onnx")).graph.node)
     readers: dict[str, list] = {}
     for node in graph.node:
