@@ -70,6 +70,12 @@ def test_quantize_int8_uses_it_and_stays_close_to_fp32(exported, tmp_path):
     batches = [rng.standard_normal((1, 3, 8, 8)).astype(np.float32) for _ in range(4)]
     report = quantize_int8(exported, tmp_path / "up_int8.onnx", iter(batches))
     assert report.resizes_per_plane == 2
+    # the upsampling sizes read the shapes of quantized tensors, not of dequantized copies made only for them
+    model = onnx.load(str(tmp_path / "up_int8.onnx"))
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    shapes = [n for n in model.graph.node if n.op_type == "Shape"]
+    assert shapes and all(producer.get(n.input[0]) != "DequantizeLinear" for n in shapes)
+    assert any(producer.get(n.input[0]) == "QuantizeLinear" for n in shapes)
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
     want, got = _run(exported, x), _run(tmp_path / "up_int8.onnx", x)
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.05

@@ -354,6 +354,33 @@ def pass_through_feeders(model: onnx.ModelProto, tensors: list[str], stop: set[s
     return found
 
 
+def shapes_before_dequantize(model: onnx.ModelProto) -> int:
+    """Make (in place) each `Shape` of a dequantized tensor read the quantized tensor, and drop unread dequantizes.
+
+    The quantizer gives every reader of a quantized tensor its `DequantizeLinear`, a `Shape` too (the shapes
+    that size the decoders' upsamplings and the bilinear interpolation matrices): a full float pass over the
+    tensor to read its shape, which the uint8 tensor before the dequantize has as well. Measured on the depth
+    default at batch 8: 0.5-0.6 ms per such dequantize, at 112 x 112 x 64.
+
+    Returns:
+        How many `Shape` nodes now read a quantized tensor.
+    """
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    moved = 0
+    for node in graph.node:
+        source = producer.get(node.input[0]) if node.op_type == "Shape" else None
+        if source is not None and source.op_type == "DequantizeLinear":
+            node.input[0] = source.input[0]
+            moved += 1
+    if moved:
+        read = {v for n in graph.node for v in n.input} | {o.name for o in graph.output}
+        kept = [n for n in graph.node if n.op_type != "DequantizeLinear" or n.output[0] in read]
+        del graph.node[:]
+        graph.node.extend(kept)
+    return moved
+
+
 def qdq_wrapped_nodes(model: onnx.ModelProto) -> set[str]:
     """Names of the nodes of a QDQ model between a DequantizeLinear and QuantizeLinear nodes.
 
@@ -556,14 +583,15 @@ def quantize_int8(
                 nodes_to_exclude=excluded,
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
             )
+            quantized = onnx.load(str(tmp_out))
+            shapes_moved = shapes_before_dequantize(quantized)
             folded = False
             if fold_normalization:
                 from tasks.common.deploy.input_quantization import fold_input_normalization
 
-                quantized = onnx.load(str(tmp_out))
                 folded = fold_input_normalization(quantized)
-                if folded:
-                    onnx.save(quantized, str(tmp_out))
+            if folded or shapes_moved:
+                onnx.save(quantized, str(tmp_out))
             onnx.checker.check_model(str(tmp_out))
     return QuantizationReport(
         Path(output_path), tuple(excluded), rewritten, feed.count, widened, len(channel_pads), folded, per_plane
