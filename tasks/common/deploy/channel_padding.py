@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from tasks.common.deploy.quantize import unique_name
+from tasks.common.deploy.onnx_graph import all_names, attribute, unique_name
 
 # onnxruntime's symmetric int8 kernels (MLAS convsym.cpp on x86-64): depthwise group alignment, and the input
 # channel alignment of the other convolutions.
@@ -52,10 +52,6 @@ class _Region:
     writers: set[int] = field(default_factory=set)
     readers: set[int] = field(default_factory=set)
     depthwise: set[int] = field(default_factory=set)
-
-
-def _attribute(node: onnx.NodeProto, name: str, default):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 class _Graph:
@@ -121,7 +117,7 @@ class _Graph:
 
     def is_depthwise(self, conv: onnx.NodeProto) -> bool:
         weight = self.weight(conv)
-        group = _attribute(conv, "group", 1)
+        group = attribute(conv, "group", 1)
         return weight is not None and weight.ndim == 4 and group > 1 and weight.shape[:2] == (group, 1)
 
     def is_scalar_constant(self, name: str) -> bool:
@@ -155,11 +151,11 @@ def _grow_region(graph: _Graph, start: onnx.NodeProto, channels: int) -> _Region
         for node, role in nodes:
             if node.op_type == "Conv":
                 if graph.is_depthwise(node):
-                    if _attribute(node, "group", 1) != channels:
+                    if attribute(node, "group", 1) != channels:
                         return None
                     region.depthwise.add(id(node))
                     pending += [node.input[0], node.output[0]]
-                elif graph.weight(node) is None or _attribute(node, "group", 1) != 1:
+                elif graph.weight(node) is None or attribute(node, "group", 1) != 1:
                     return None
                 elif role == "writes":
                     region.writers.add(id(node))
@@ -179,16 +175,6 @@ def _grow_region(graph: _Graph, start: onnx.NodeProto, channels: int) -> _Region
             else:
                 return None
     return region
-
-
-def _names(model: onnx.ModelProto) -> set[str]:
-    """Every node, initializer and value name of `model` (new names must avoid them)."""
-    graph = model.graph
-    return (
-        {n.name for n in graph.node}
-        | {t.name for t in graph.initializer}
-        | {v for n in graph.node for v in (*n.input, *n.output)}
-    )
 
 
 def _pad_axis(array: np.ndarray, axis: int, size: int) -> np.ndarray:
@@ -211,9 +197,9 @@ def _apply(graph: _Graph, region: _Region, channels: int, taken: set[str]) -> No
             _replace_initializer(graph, graph.private_initializer(node, 2, taken), _pad_axis(bias, 0, channels))
     for key in region.depthwise:
         node = graph.nodes[key]
-        for attribute in node.attribute:
-            if attribute.name == "group":
-                attribute.i = channels
+        for field_ in node.attribute:
+            if field_.name == "group":
+                field_.i = channels
     for key in region.readers:
         node = graph.nodes[key]
         weight = graph.weight(node)
@@ -243,13 +229,13 @@ def pad_depthwise_channels(model: onnx.ModelProto, multiple: int = DEPTHWISE_CHA
         How many depthwise convolutions were widened.
     """
     graph = _Graph(model)
-    taken = _names(model)
+    taken = all_names(model)
     widened = 0
     done: set[int] = set()
     for node in list(model.graph.node):
         if node.op_type != "Conv" or id(node) in done or not graph.is_depthwise(node):
             continue
-        channels = _attribute(node, "group", 1)
+        channels = attribute(node, "group", 1)
         if channels % multiple == 0:
             continue
         region = _grow_region(graph, node, channels)
@@ -281,12 +267,12 @@ def pad_input_channels(model: onnx.ModelProto, multiple: int = INPUT_CHANNEL_MUL
         dequantize + quantize around it would be two more passes over the image.
     """
     graph = _Graph(model)
-    taken = _names(model)
+    taken = all_names(model)
     added: list[str] = []
     new_nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
         weight = graph.weight(node) if node.op_type == "Conv" else None
-        if weight is None or weight.ndim != 4 or _attribute(node, "group", 1) != 1 or weight.shape[1] >= multiple:
+        if weight is None or weight.ndim != 4 or attribute(node, "group", 1) != 1 or weight.shape[1] >= multiple:
             new_nodes.append(node)
             continue
         pads_name = unique_name(f"{node.name}_channel_pads", taken)

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tasks.common.deploy.quantize import unique_name
+from tasks.common.deploy.onnx_graph import all_names, attribute, constant_value, unique_name
 
 # Elementwise ops with a constant operand that make up the normalization.
 _AFFINE_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
@@ -40,15 +40,6 @@ class _InputChain:
     pads: str | None  # the Pad's pads input, if the chain pads channels
     quantize: onnx.NodeProto
     shape_readers: list[tuple[onnx.NodeProto, int]]  # (Shape node, input index) reading a chain tensor
-
-
-def _constant(name: str, initializers: dict[str, onnx.TensorProto], producer) -> np.ndarray | None:
-    if name in initializers:
-        return numpy_helper.to_array(initializers[name])
-    node = producer.get(name)
-    if node is not None and node.op_type == "Constant":
-        return numpy_helper.to_array(node.attribute[0].t) if node.attribute[0].name == "value" else None
-    return None
 
 
 def _per_channel(value: np.ndarray, channels: int) -> np.ndarray | None:
@@ -91,11 +82,11 @@ def _find_chain(model: onnx.ModelProto) -> _InputChain | None:
                 break
             node = chain[0]
             if node.op_type == "QuantizeLinear":
-                if not np.all(np.asarray(_constant(node.input[1], initializers, producer)) > 0):
+                if not np.all(np.asarray(constant_value(node.input[1], initializers, producer)) > 0):
                     break
                 return _InputChain(value.name, [*nodes, node], scale, offset, pads, node, shape_readers)
             if node.op_type in _AFFINE_OPS and node.input[0] == tensor and pads is None:
-                constant = _constant(node.input[1], initializers, producer)
+                constant = constant_value(node.input[1], initializers, producer)
                 vector = None if constant is None else _per_channel(constant, channels)
                 if vector is None:
                     break
@@ -108,8 +99,8 @@ def _find_chain(model: onnx.ModelProto) -> _InputChain | None:
                 else:
                     scale, offset = scale / vector, offset / vector
             elif node.op_type == "Pad" and pads is None and len(node.input) == 2:
-                pad_values = _constant(node.input[1], initializers, producer)
-                mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"constant")
+                pad_values = constant_value(node.input[1], initializers, producer)
+                mode = attribute(node, "mode", b"constant")
                 if pad_values is None or mode not in (b"constant", "constant"):
                     break
                 pad_values = np.asarray(pad_values).ravel()
@@ -142,22 +133,21 @@ def fold_input_normalization(model: onnx.ModelProto) -> bool:
     if chain is None or np.any(chain.scale <= 0):
         return False
     graph = model.graph
-    taken = {n.name for n in graph.node} | {t.name for t in graph.initializer}
-    taken |= {v for n in graph.node for v in (*n.input, *n.output)}
+    taken = all_names(model)
     quantize = chain.quantize
     initializers = {t.name: t for t in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
     if len(quantize.input) < 3:
         return False
-    tensor_scale = np.asarray(_constant(quantize.input[1], initializers, producer)).ravel()
-    zero_point = np.asarray(_constant(quantize.input[2], initializers, producer)).ravel()
+    tensor_scale = np.asarray(constant_value(quantize.input[1], initializers, producer)).ravel()
+    zero_point = np.asarray(constant_value(quantize.input[2], initializers, producer)).ravel()
     if tensor_scale.size != 1 or zero_point.size != 1:
         return False  # already per channel: not what quantize_static writes for an activation
     tensor_scale = float(tensor_scale[0])
 
     channels = chain.scale.size
     if chain.pads is not None:
-        pad_values = np.asarray(_constant(chain.pads, initializers, producer)).ravel()
+        pad_values = np.asarray(constant_value(chain.pads, initializers, producer)).ravel()
         channels += int(pad_values[5])
     # The added channels (read by the stem with zero weights) get the identity map.
     scale = np.ones(channels)

@@ -41,6 +41,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from tasks.common.deploy.onnx_graph import unique_name
 from tasks.common.files import atomic_path
 
 # Ops that only move or reshape data. A chain of them that ends in a graph output stays float: quantizing it
@@ -83,16 +84,6 @@ class QuantizationReport:
             + (", normalization folded into the input quantization" if self.normalization_folded else "")
             + (f", {self.resizes_per_plane} nearest resizes per channel plane" if self.resizes_per_plane else "")
         )
-
-
-def unique_name(base: str, taken: set[str]) -> str:
-    """`base`, or `base_<k>` for the first k that is not in `taken`; the name is added to `taken`."""
-    name, k = base, 0
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    taken.add(name)
-    return name
 
 
 def _hard_sigmoid_params(node: onnx.NodeProto) -> tuple[float, float]:

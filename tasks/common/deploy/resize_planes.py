@@ -20,25 +20,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from tasks.common.deploy.quantize import unique_name
-
-
-def _attribute(node: onnx.NodeProto, name: str, default):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
-def _constant(model: onnx.ModelProto, name: str, producer: dict[str, onnx.NodeProto]) -> np.ndarray | None:
-    for tensor in model.graph.initializer:
-        if tensor.name == name:
-            return numpy_helper.to_array(tensor)
-    node = producer.get(name)
-    if node is not None and node.op_type == "Constant" and node.attribute[0].name == "value":
-        return numpy_helper.to_array(node.attribute[0].t)
-    return None
+from tasks.common.deploy.onnx_graph import all_names, attribute, constant_value, unique_name
 
 
 def _keeps_batch_and_channels(
-    model: onnx.ModelProto, resize: onnx.NodeProto, producer: dict[str, onnx.NodeProto]
+    resize: onnx.NodeProto, initializers: dict[str, onnx.TensorProto], producer: dict[str, onnx.NodeProto]
 ) -> bool:
     """Whether the Resize leaves axes 0 and 1 alone: scales (1, 1, ., .), or sizes `Concat(shape(x)[:2], ...)`."""
     if len(resize.input) >= 4 and resize.input[3]:
@@ -47,12 +33,12 @@ def _keeps_batch_and_channels(
             return False
         lead = producer.get(concat.input[0])
         if lead is not None and lead.op_type == "Shape":  # Shape(x, start=0, end=2)
-            span = (_attribute(lead, "start", 0), _attribute(lead, "end", None))
+            span = (attribute(lead, "start", 0), attribute(lead, "end", None))
             return lead.input[0] == resize.input[0] and span == (0, 2)
         if lead is None or lead.op_type != "Slice" or len(lead.input) < 3:  # Slice(Shape(x), [0], [2])
             return False
         shape = producer.get(lead.input[0])
-        bounds = [_constant(model, name, producer) for name in lead.input[1:4] if name]
+        bounds = [constant_value(name, initializers, producer) for name in lead.input[1:4] if name]
         return (
             shape is not None
             and shape.op_type == "Shape"
@@ -62,7 +48,9 @@ def _keeps_batch_and_channels(
             and [b.tolist() for b in bounds[:2]] == [[0], [2]]
             and (len(bounds) < 3 or bounds[2].tolist() == [0])
         )
-    scales = _constant(model, resize.input[2], producer) if len(resize.input) > 2 and resize.input[2] else None
+    if len(resize.input) < 3 or not resize.input[2]:
+        return False
+    scales = constant_value(resize.input[2], initializers, producer)
     return scales is not None and scales.size == 4 and scales[0] == 1 and scales[1] == 1
 
 
@@ -87,8 +75,8 @@ def resize_per_plane(model: onnx.ModelProto) -> int:
         if v.type.tensor_type.HasField("shape")
     }
     producer = {o: n for n in graph.node for o in n.output}
-    taken = {n.name for n in graph.node} | {t.name for t in graph.initializer}
-    taken |= {v for n in graph.node for v in (*n.input, *n.output)}
+    initializers = {t.name: t for t in graph.initializer}
+    taken = all_names(model)
     constants: dict[str, str] = {}
 
     def constant(tag: str, values: list[int]) -> str:
@@ -101,13 +89,13 @@ def resize_per_plane(model: onnx.ModelProto) -> int:
     count = 0
     for node in graph.node:
         shape = shapes.get(node.input[0]) if node.op_type == "Resize" else None
-        mode = _attribute(node, "mode", b"nearest") if shape is not None else None
+        mode = attribute(node, "mode", b"nearest") if shape is not None else None
         if (
             shape is None
             or (mode.decode() if isinstance(mode, bytes) else mode) != "nearest"
             or len(shape) != 4
             or shape[1] in (None, 1)
-            or not _keeps_batch_and_channels(model, node, producer)
+            or not _keeps_batch_and_channels(node, initializers, producer)
         ):
             new_nodes.append(node)
             continue

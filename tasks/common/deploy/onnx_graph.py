@@ -1,0 +1,41 @@
+"""Lookups shared by the ONNX graph rewrites (`quantize`, `channel_padding`, `resize_planes`, `input_quantization`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    """`base`, or `base_<k>` for the first k that is not in `taken`; the name is added to `taken`."""
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
+def all_names(model: onnx.ModelProto) -> set[str]:
+    """Every node, initializer and value name of `model` (new names must avoid them)."""
+    graph = model.graph
+    names = {n.name for n in graph.node} | {t.name for t in graph.initializer}
+    return names | {v for n in graph.node for v in (*n.input, *n.output)}
+
+
+def attribute(node: onnx.NodeProto, name: str, default):
+    """The value of `node`'s attribute `name`, or `default`."""
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def constant_value(
+    name: str, initializers: dict[str, onnx.TensorProto], producer: dict[str, onnx.NodeProto]
+) -> np.ndarray | None:
+    """The value of `name` if it is an initializer or a `Constant` node's output, else None."""
+    if name in initializers:
+        return numpy_helper.to_array(initializers[name])
+    node = producer.get(name)
+    if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+        return numpy_helper.to_array(node.attribute[0].t)
+    return None
