@@ -148,3 +148,31 @@ def test_a_region_that_reaches_a_channel_mixing_op_or_an_output_is_left_alone(re
     before = model.SerializeToString()
     assert pad_depthwise_channels(model) == 0
     assert model.SerializeToString() == before
+
+
+def test_only_convolutions_that_read_the_image_get_input_channels():
+    # x / 255 -> stem (3 -> 1 channel) -> conv (1 -> 8): the stem reads the (normalized) graph input and is padded;
+    # the 1-channel conv inside the network is not (a Pad there would sit between quantized tensors)
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Div", ["x", "k"], ["n"], name="normalize"),
+        _conv("stem", "n", "m", "w_stem", "b_stem"),
+        _conv("inner", "m", "y", "w_inner", "b_inner"),
+    ]
+    inits = {
+        "k": np.array(255.0),
+        "w_stem": rng.standard_normal((1, 3, 1, 1)),
+        "b_stem": rng.standard_normal(1),
+        "w_inner": rng.standard_normal((8, 1, 1, 1)),
+        "b_inner": rng.standard_normal(8),
+    }
+    graph = helper.make_graph(
+        nodes, "toy", [helper.make_tensor_value_info("x", FLOAT, [1, 3, 6, 6])],
+        [helper.make_tensor_value_info("y", FLOAT, [1, 8, 6, 6])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32) * 255
+    want = _run(model, {"x": x})[0]
+    assert pad_input_channels(model) == ["stem_channel_pad"]
+    np.testing.assert_allclose(_run(model, {"x": x})[0], want, rtol=1e-5, atol=1e-5)

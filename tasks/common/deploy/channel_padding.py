@@ -69,6 +69,7 @@ class _Graph:
         self.initializers = {t.name: t for t in graph.initializer}
         self.outputs = {o.name for o in graph.output}
         self.inputs = {i.name for i in graph.input}
+        self.producer_constants = {n.output[0] for n in graph.node if n.op_type == "Constant"}
         inferred = onnx.shape_inference.infer_shapes(model)
         self.channels = {}  # tensor -> its size on axis 1, where shape inference knows it
         for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
@@ -249,13 +250,31 @@ def pad_depthwise_channels(model: onnx.ModelProto, multiple: int = DEPTHWISE_CHA
     return widened
 
 
+# What may stand between a graph input and the stem: the cast and the normalization by constants.
+_PREPROCESSING_OPS = frozenset({"Cast", "Add", "Sub", "Mul", "Div", "Identity"})
+
+
+def _reads_graph_input(graph: _Graph, tensor: str) -> bool:
+    """Whether `tensor` is a graph input, or made from one by preprocessing ops with constant operands."""
+    while tensor not in graph.inputs:
+        node = graph.producer.get(tensor)
+        if node is None or node.op_type not in _PREPROCESSING_OPS:
+            return False
+        if any(name not in graph.initializers and name not in graph.producer_constants for name in node.input[1:]):
+            return False
+        tensor = node.input[0]
+    return True
+
+
 def pad_input_channels(model: onnx.ModelProto, multiple: int = INPUT_CHANNEL_MULTIPLE) -> list[str]:
     """Give (in place) each ordinary convolution with too few input channels zero input channels.
 
     Meant for the RGB stem: its 3-channel input becomes 4 channels (a `Pad` of the float input, before it is
     quantized) and its weight a zero fourth input channel, which onnxruntime's symmetric int8 kernel accepts.
-    Only convolutions with fewer than `multiple` input channels are changed: wider misaligned ones would need
-    the region analysis of `pad_depthwise_channels` on their input's writer.
+    Only convolutions with fewer than `multiple` input channels that read a graph input (through elementwise
+    preprocessing: cast, normalization) are changed: inside the network a Pad would sit between quantized
+    tensors and cost a dequantize and a quantize, and wider misaligned convolutions would need the region
+    analysis of `pad_depthwise_channels` on their input's writer.
 
     Args:
         model: A float ONNX model (opset >= 11, `Pad` with its pads as an input).
@@ -272,7 +291,13 @@ def pad_input_channels(model: onnx.ModelProto, multiple: int = INPUT_CHANNEL_MUL
     new_nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
         weight = graph.weight(node) if node.op_type == "Conv" else None
-        if weight is None or weight.ndim != 4 or attribute(node, "group", 1) != 1 or weight.shape[1] >= multiple:
+        if (
+            weight is None
+            or weight.ndim != 4
+            or attribute(node, "group", 1) != 1
+            or weight.shape[1] >= multiple
+            or not _reads_graph_input(graph, node.input[0])
+        ):
             new_nodes.append(node)
             continue
         pads_name = unique_name(f"{node.name}_channel_pads", taken)
