@@ -81,7 +81,10 @@ class DetectionOutputs(nn.Module):
         # with real scores, 1.4 ms with 99% of them zero). Probabilities are >= 0, so no kept score is 0
         # unless score_thresh < 0, when nothing is masked.
         scores = scores * (scores > self.score_thresh)  # as torch.where(..., 0), but one pass less in onnxruntime
-        top_scores, top_idx = scores.transpose(1, 2).topk(k, dim=2)  # (N, C-1, k)
+        # Unsorted: NMS orders each class's candidates by score itself, and the final top-K sorts the kept ones;
+        # onnxruntime's TopK skips its sort then (90 x 2034 scores, k = 300, 2 threads: 1.9 -> 1.2 ms at batch 1,
+        # 14.5 -> 8.8 ms at batch 8).
+        top_scores, top_idx = scores.transpose(1, 2).topk(k, dim=2, sorted=False)  # (N, C-1, k)
         cand_boxes = gather_rows(boxes, top_idx.reshape(n, num_fg * k))  # (N, (C-1) * k, 4)
         labels = torch.arange(1, num_fg + 1, device=scores.device).view(1, -1, 1).expand_as(top_idx)
         return batched_nms_padded(
