@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from tasks.common.deploy.onnx_graph import all_names, attribute, unique_name
+from tasks.common.deploy.onnx_graph import all_names, attribute, constant_value, inferred_dims, unique_name
 
 # onnxruntime's symmetric int8 kernels (MLAS convsym.cpp on x86-64): depthwise group alignment, and the input
 # channel alignment of the other convolutions.
@@ -69,13 +70,11 @@ class _Graph:
         self.initializers = {t.name: t for t in graph.initializer}
         self.outputs = {o.name for o in graph.output}
         self.inputs = {i.name for i in graph.input}
-        self.producer_constants = {n.output[0] for n in graph.node if n.op_type == "Constant"}
-        inferred = onnx.shape_inference.infer_shapes(model)
-        self.channels = {}  # tensor -> its size on axis 1, where shape inference knows it
-        for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
-            dims = value.type.tensor_type.shape.dim
-            if len(dims) >= 2 and dims[1].HasField("dim_value"):
-                self.channels[value.name] = dims[1].dim_value
+
+    @cached_property
+    def channels(self) -> dict[str, int | None]:
+        """Tensor -> its size on axis 1, from shape inference (run once, and only by the depthwise padding)."""
+        return {name: dims[1] for name, dims in inferred_dims(self.model).items() if len(dims) >= 2}
 
     def constant(self, name: str) -> str | None:
         """The initializer that value `name` is, directly or through `Identity` nodes; None if not constant.
@@ -260,7 +259,7 @@ def _reads_graph_input(graph: _Graph, tensor: str) -> bool:
         node = graph.producer.get(tensor)
         if node is None or node.op_type not in _PREPROCESSING_OPS:
             return False
-        if any(name not in graph.initializers and name not in graph.producer_constants for name in node.input[1:]):
+        if any(constant_value(name, graph.initializers, graph.producer) is None for name in node.input[1:]):
             return False
         tensor = node.input[0]
     return True

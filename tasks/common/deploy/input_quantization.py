@@ -37,8 +37,10 @@ class _InputChain:
     nodes: list[onnx.NodeProto]  # in order, the quantize last
     scale: np.ndarray  # a_c, per input channel
     offset: np.ndarray  # b_c
-    pads: str | None  # the Pad's pads input, if the chain pads channels
+    pads: np.ndarray | None  # the Pad's 8 pads (zeros but the end of axis 1), if the chain pads channels
     quantize: onnx.NodeProto
+    tensor_scale: float  # the QuantizeLinear's scale S and zero point Z (per tensor)
+    zero_point: np.ndarray  # 0-d, uint8 or int8
     shape_readers: list[tuple[onnx.NodeProto, int]]  # (Shape node, input index) reading a chain tensor
 
 
@@ -62,6 +64,7 @@ def _find_chain(model: onnx.ModelProto) -> _InputChain | None:
     for node in graph.node:
         for name in node.input:
             consumers[name].append(node)
+    graph_outputs = {o.name for o in graph.output}
     for value in graph.input:
         tensor_type = value.type.tensor_type
         dims = tensor_type.shape.dim
@@ -69,7 +72,7 @@ def _find_chain(model: onnx.ModelProto) -> _InputChain | None:
             continue
         channels = dims[1].dim_value
         casts = [n for n in consumers[value.name] if n.op_type == "Cast"]
-        if len(casts) != 1 or helper.get_attribute_value(casts[0].attribute[0]) != TensorProto.FLOAT:
+        if len(casts) != 1 or attribute(casts[0], "to", None) != TensorProto.FLOAT:
             continue
         nodes, shape_readers = [casts[0]], []
         scale, offset, pads = np.ones(channels), np.zeros(channels), None
@@ -78,13 +81,17 @@ def _find_chain(model: onnx.ModelProto) -> _InputChain | None:
             readers = consumers[tensor]
             shape_readers += [(n, list(n.input).index(tensor)) for n in readers if n.op_type == "Shape"]
             chain = [n for n in readers if n.op_type != "Shape"]
-            if len(chain) != 1 or tensor in {o.name for o in graph.output}:
+            if len(chain) != 1 or tensor in graph_outputs:
                 break
             node = chain[0]
             if node.op_type == "QuantizeLinear":
-                if not np.all(np.asarray(constant_value(node.input[1], initializers, producer)) > 0):
-                    break
-                return _InputChain(value.name, [*nodes, node], scale, offset, pads, node, shape_readers)
+                params = [constant_value(name, initializers, producer) for name in node.input[1:3]]
+                if len(params) < 2 or any(p is None or p.size != 1 for p in params) or not params[0].item() > 0:
+                    break  # a per-channel or non-constant quantization: not what quantize_static writes
+                tensor_scale, zero_point = float(params[0].item()), params[1].reshape(())
+                return _InputChain(
+                    value.name, [*nodes, node], scale, offset, pads, node, tensor_scale, zero_point, shape_readers
+                )
             if node.op_type in _AFFINE_OPS and node.input[0] == tensor and pads is None:
                 constant = constant_value(node.input[1], initializers, producer)
                 vector = None if constant is None else _per_channel(constant, channels)
@@ -106,7 +113,7 @@ def _find_chain(model: onnx.ModelProto) -> _InputChain | None:
                 pad_values = np.asarray(pad_values).ravel()
                 if pad_values.size != 8 or np.any(np.delete(pad_values, 5)):
                     break  # only zeros appended on the channel axis
-                pads = node.input[1]
+                pads = pad_values
             else:
                 break
             nodes.append(node)
@@ -134,21 +141,7 @@ def fold_input_normalization(model: onnx.ModelProto) -> bool:
         return False
     graph = model.graph
     taken = all_names(model)
-    quantize = chain.quantize
-    initializers = {t.name: t for t in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    if len(quantize.input) < 3:
-        return False
-    tensor_scale = np.asarray(constant_value(quantize.input[1], initializers, producer)).ravel()
-    zero_point = np.asarray(constant_value(quantize.input[2], initializers, producer)).ravel()
-    if tensor_scale.size != 1 or zero_point.size != 1:
-        return False  # already per channel: not what quantize_static writes for an activation
-    tensor_scale = float(tensor_scale[0])
-
-    channels = chain.scale.size
-    if chain.pads is not None:
-        pad_values = np.asarray(constant_value(chain.pads, initializers, producer)).ravel()
-        channels += int(pad_values[5])
+    channels = chain.scale.size + (0 if chain.pads is None else int(chain.pads[5]))
     # The added channels (read by the stem with zero weights) get the identity map.
     scale = np.ones(channels)
     offset = np.zeros(channels)
@@ -165,7 +158,7 @@ def fold_input_normalization(model: onnx.ModelProto) -> bool:
         padded = unique_name(f"{image}_channel_padded", taken)
         new_nodes.append(
             helper.make_node(
-                "Pad", [image, add_constant("input_channel_pads", pad_values.astype(np.int64))], [padded],
+                "Pad", [image, add_constant("input_channel_pads", chain.pads.astype(np.int64))], [padded],
                 name=unique_name("input_channel_pad", taken),
             )
         )  # fmt: skip
@@ -179,10 +172,10 @@ def fold_input_normalization(model: onnx.ModelProto) -> bool:
             "QuantizeLinear",
             [
                 shifted,
-                add_constant("input_quantize_scale", (tensor_scale / scale).astype(np.float32)),
-                add_constant("input_quantize_zero_point", np.full(channels, zero_point[0], dtype=zero_point.dtype)),
+                add_constant("input_quantize_scale", (chain.tensor_scale / scale).astype(np.float32)),
+                add_constant("input_quantize_zero_point", np.full(channels, chain.zero_point, chain.zero_point.dtype)),
             ],
-            [quantize.output[0]],
+            [chain.quantize.output[0]],
             name=unique_name("input_quantize", taken),
             axis=1,
         ),

@@ -24,6 +24,19 @@ def all_names(model: onnx.ModelProto) -> set[str]:
     return names | {v for n in graph.node for v in (*n.input, *n.output)}
 
 
+def inferred_dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Each value's dimensions from ONNX shape inference (None where a dimension is symbolic or unknown).
+
+    Values whose rank shape inference could not find are left out.
+    """
+    inferred = onnx.shape_inference.infer_shapes(model)
+    return {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)
+        if v.type.tensor_type.HasField("shape")
+    }
+
+
 def attribute(node: onnx.NodeProto, name: str, default):
     """The value of `node`'s attribute `name`, or `default`."""
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)

@@ -41,7 +41,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from tasks.common.deploy.onnx_graph import unique_name
+from tasks.common.deploy.onnx_graph import inferred_dims, unique_name
 from tasks.common.files import atomic_path
 
 # Ops that only move or reshape data. A chain of them that ends in a graph output stays float: quantizing it
@@ -215,12 +215,7 @@ def rewrite_spatial_mean(model: onnx.ModelProto) -> int:
     """
     graph = model.graph
     initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    inferred = onnx.shape_inference.infer_shapes(model)
-    ranks = {
-        v.name: len(v.type.tensor_type.shape.dim)
-        for v in (*inferred.graph.value_info, *inferred.graph.input)
-        if v.type.tensor_type.HasField("shape")
-    }
+    ranks = {name: len(dims) for name, dims in inferred_dims(model).items()}
     count = 0
     for node in graph.node:
         if node.op_type != "ReduceMean" or ranks.get(node.input[0]) != 4:

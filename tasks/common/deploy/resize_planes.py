@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from tasks.common.deploy.onnx_graph import all_names, attribute, constant_value, unique_name
+from tasks.common.deploy.onnx_graph import all_names, attribute, constant_value, inferred_dims, unique_name
 
 
 def _keeps_batch_and_channels(
@@ -68,12 +68,7 @@ def resize_per_plane(model: onnx.ModelProto) -> int:
         How many Resize nodes were rewritten.
     """
     graph = model.graph
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {
-        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-        for v in (*inferred.graph.value_info, *inferred.graph.input)
-        if v.type.tensor_type.HasField("shape")
-    }
+    shapes = inferred_dims(model)
     producer = {o: n for n in graph.node for o in n.output}
     initializers = {t.name: t for t in graph.initializer}
     taken = all_names(model)
