@@ -17,6 +17,7 @@ from backbones import create_backbone  # noqa: E402
 from heads._layers import bilinear_resize  # noqa: E402
 from tasks.common.deploy.quantize import (  # noqa: E402
     float_nodes,
+    fold_scalar_multiplications,
     qdq_wrapped_nodes,
     quantize_int8,
     rewrite_hard_swish,
@@ -126,10 +127,10 @@ def test_rule_keeps_documented_ops_float_and_hard_swish_int8(fp32_model, int8_mo
     rewritten = [
         n for n in model.graph.node if n.op_type in ("Add", "Mul") and n.name.endswith(("_add3", "_mul", "_div6"))
     ]
-    # an Add and a Mul each, plus a Mul by 1/6 where it could not be folded into the next convolutions
-    assert 2 * report.hard_swish_rewritten <= len(rewritten) < 3 * report.hard_swish_rewritten and all(
-        n.name in wrapped for n in rewritten
-    )
+    # an Add and a Mul each; the Mul by 1/6 went into the next convolutions' weights or, where a squeeze-excite
+    # reads the activation too, into its output's quantization scale (fold_scalar_multiplications)
+    assert len(rewritten) == 2 * report.hard_swish_rewritten and all(n.name in wrapped for n in rewritten)
+    assert report.scalings_folded > 0
     # squeeze-excite stays int8: timm's spatial mean (ReduceMean) became a GlobalAveragePool, wrapped like the
     # large gating Mul
     pools = [n for n in model.graph.node if n.op_type == "GlobalAveragePool"]
@@ -152,6 +153,63 @@ def test_hard_swish_rewrite_is_exact_in_float(fp32_model, tmp_path):
     ref = _session(fp32_model).run(None, {"images": x})[0]  # onnxruntime's own HardSwish kernel
     got = _session(tmp_path / "rewritten.onnx").run(None, {"images": x})[0]
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+def _scaled_qdq_graph(c: float, extra_reader: bool = False):
+    """x -> Q(s_a) -> DQ -> Mul(c, itself dequantized) -> Q(s_b, z_b) -> DQ -> y (and DQ -> y2 with `extra_reader`)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def scalar(name, value, dtype):
+        return numpy_helper.from_array(np.array(value, dtype=dtype), name)
+
+    inits = [
+        scalar("s_a", 0.05, np.float32), scalar("z_a", 10, np.uint8), scalar("s_b", 0.013, np.float32),
+        scalar("z_b", 3, np.uint8), scalar("c_q", 85, np.uint8), scalar("c_s", (1 / 6) / 85, np.float32),
+        scalar("c_z", 0, np.uint8),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s_a", "z_a"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s_a", "z_a"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["c_q", "c_s", "c_z"], ["c"]),
+        helper.make_node("Mul", ["xd", "c"], ["m"], name="scale"),
+        helper.make_node("QuantizeLinear", ["m", "s_b", "z_b"], ["mq"]),
+        helper.make_node("DequantizeLinear", ["mq", "s_b", "z_b"], ["y"]),
+    ]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64])]
+    if extra_reader:
+        nodes.append(helper.make_node("DequantizeLinear", ["xq", "s_a", "z_a"], ["y2"]))
+        outputs.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, [64]))
+    if c != 1 / 6:
+        inits[4:7] = [scalar("c_q", c, np.float32)]
+        nodes[2:3] = []
+        nodes[2].input[1] = "c_q"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64])], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_scalar_multiplication_folds_into_the_next_quantization_with_one_rounding_less(tmp_path):
+    x = np.linspace(0.0, 12.0, 64, dtype=np.float32)  # the range of the first quantization (s_a 0.05, z_a 10)
+    model = _scaled_qdq_graph(1 / 6)
+    onnx.save(model, str(tmp_path / "before.onnx"))
+    assert fold_scalar_multiplications(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["QuantizeLinear", "DequantizeLinear"]  # Mul, Q/DQ, 1/6's DQ gone
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp_path / "after.onnx"))
+    before = _session(tmp_path / "before.onnx").run(None, {"x": x})[0]
+    after = _session(tmp_path / "after.onnx").run(None, {"x": x})[0]
+    c = np.float32(85) * np.float32((1 / 6) / 85)  # the dequantized constant
+    # Folded: x * c quantized once at (s_b, z_b), as numpy computes it (round half to even, as ONNX's Quantize)
+    expected = (np.clip(np.rint(x * c / np.float32(0.013)) + 3, 0, 255) - 3) * np.float32(0.013)
+    np.testing.assert_allclose(after, expected, rtol=0, atol=1e-6)
+    # ... and the unfolded graph rounds x at s_a first: the same values within one step of s_b, not all equal
+    assert np.abs(after - before).max() <= 0.013 + 1e-6 and not np.array_equal(after, before)
+
+
+@pytest.mark.parametrize("c, extra_reader", [(-0.5, False), (1 / 6, True)])
+def test_scalar_multiplication_is_not_folded_when_negative_or_its_input_is_read_elsewhere(c, extra_reader):
+    model = _scaled_qdq_graph(c, extra_reader)
+    nodes = [n.op_type for n in model.graph.node]
+    assert fold_scalar_multiplications(model) == 0 and [n.op_type for n in model.graph.node] == nodes
 
 
 def test_spatial_mean_rewrite_is_exact_and_only_touches_means_over_height_and_width(fp32_model, tmp_path):
