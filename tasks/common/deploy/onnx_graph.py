@@ -1,4 +1,4 @@
-"""Lookups shared by the ONNX graph rewrites (`quantize`, `channel_padding`, `resize_planes`, `input_quantization`)."""
+"""Lookups shared by the ONNX graph rewrites (`quantize`, `channel_padding`, `resize_gathers`, `input_quantization`)."""
 
 from __future__ import annotations
 

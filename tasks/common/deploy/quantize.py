@@ -19,9 +19,9 @@ The recipe (measured on onnxruntime 1.32, x86-64 with AVX512-VNNI; docs/deploy.m
   (`rewrite_spatial_mean`), which runs as `QLinearGlobalAveragePool` in uint8; ReduceMean has no int8 kernel
   and dequantized the full expanded tensor of every squeeze-excite block.
 - Graph forms for onnxruntime's int8 kernels, each the same function (measured gains in their modules):
-  zero channels where MLAS's fast int8 convolutions need them (`channel_padding`), nearest upsampling on
-  channel planes (`resize_planes`), and the image normalization folded into the stem input's QuantizeLinear
-  (`input_quantization`, after quantization).
+  zero channels where MLAS's fast int8 convolutions need them (`channel_padding`), and after quantization
+  nearest upsamplings as uint8 Gathers in channels-last order (`resize_gathers`) and the image normalization
+  folded into the stem input's QuantizeLinear (`input_quantization`).
 - `float_nodes` keeps in float what onnxruntime would run in float anyway and what only adds a
   quantize/dequantize pair (the docstring says which and why).
 - Calibration: MinMax over batches of the task's own training images (`quantize_int8(..., batches)`).
@@ -64,7 +64,7 @@ class QuantizationReport:
         depthwise_widened: Depthwise convolutions given zero channels up to a multiple of 16.
         inputs_widened: Convolutions (the RGB stem) given zero input channels up to 4.
         normalization_folded: The image normalization was folded into the stem input's QuantizeLinear.
-        resizes_per_plane: Nearest-neighbour Resize nodes rewritten to run on channel planes.
+        resizes_as_gathers: Nearest-neighbour Resize nodes rewritten as uint8 Gathers (`resize_gathers`).
         scalings_folded: Multiplications by a constant folded into a quantization (`fold_scalar_multiplications`).
     """
 
@@ -75,7 +75,7 @@ class QuantizationReport:
     depthwise_widened: int = 0
     inputs_widened: int = 0
     normalization_folded: bool = False
-    resizes_per_plane: int = 0
+    resizes_as_gathers: int = 0
     scalings_folded: int = 0
 
     def format(self) -> str:
@@ -85,7 +85,7 @@ class QuantizationReport:
             f"float, {self.hard_swish_rewritten} hard-swish rewritten, {self.depthwise_widened} depthwise and "
             f"{self.inputs_widened} stem convolutions widened"
             + (", normalization folded into the input quantization" if self.normalization_folded else "")
-            + (f", {self.resizes_per_plane} nearest resizes per channel plane" if self.resizes_per_plane else "")
+            + (f", {self.resizes_as_gathers} nearest resizes as gathers" if self.resizes_as_gathers else "")
             + (f", {self.scalings_folded} constant scalings folded into quantizations" if self.scalings_folded else "")
         )
 
@@ -578,7 +578,7 @@ def quantize_int8(
     rewrite_activations: bool = True,
     pad_channels: bool = True,
     fold_normalization: bool = True,
-    per_plane_resize: bool = True,
+    gather_resize: bool = True,
 ) -> QuantizationReport:
     """Quantize an ONNX model to int8 (static, QDQ), calibrated on `batches`, and write it atomically.
 
@@ -598,9 +598,9 @@ def quantize_int8(
             the quantized model is faster.
         fold_normalization: Fold the uint8 image's normalization into the QuantizeLinear that feeds the stem
             (`input_quantization.fold_input_normalization`): the same uint8 stem input, fewer float passes.
-        per_plane_resize: Run nearest-neighbour upsamplings on (N * C, 1, H, W) planes
-            (`resize_planes.resize_per_plane`): onnxruntime's uint8 Resize is several times faster in that
-            layout than in the int8 graph's NHWC.
+        gather_resize: Run the int8 graph's nearest-neighbour Resizes as two uint8 Gathers in channels-last
+            order (`resize_gathers.gather_nearest_resizes`): the same values; onnxruntime's uint8 Resize takes a
+            slow generic path in the graph's NHWC layout.
 
     Returns:
         What was written.
@@ -631,11 +631,6 @@ def quantize_int8(
         from tasks.common.deploy.channel_padding import pad_depthwise_channels, pad_input_channels
 
         widened, channel_pads = pad_depthwise_channels(model), pad_input_channels(model)
-    per_plane = 0
-    if per_plane_resize:
-        from tasks.common.deploy.resize_planes import resize_per_plane
-
-        per_plane = resize_per_plane(model)
     with tempfile.TemporaryDirectory(prefix="litedense_int8_") as tmp_dir:
         pre_path = Path(tmp_dir) / "preprocessed.onnx"
         # onnxruntime's symbolic shape inference writes scratch files into the working directory and leaves
@@ -668,15 +663,20 @@ def quantize_int8(
             quantized = onnx.load(str(tmp_out))
             shapes_moved = shapes_before_dequantize(quantized)
             scalings = fold_scalar_multiplications(quantized)
+            gathers = 0
+            if gather_resize:
+                from tasks.common.deploy.resize_gathers import gather_nearest_resizes
+
+                gathers = gather_nearest_resizes(quantized)
             folded = False
             if fold_normalization:
                 from tasks.common.deploy.input_quantization import fold_input_normalization
 
                 folded = fold_input_normalization(quantized)
-            if folded or shapes_moved or scalings:
+            if folded or shapes_moved or scalings or gathers:
                 onnx.save(quantized, str(tmp_out))
             onnx.checker.check_model(str(tmp_out))
     return QuantizationReport(
-        Path(output_path), tuple(excluded), rewritten, feed.count, widened, len(channel_pads), folded, per_plane,
+        Path(output_path), tuple(excluded), rewritten, feed.count, widened, len(channel_pads), folded, gathers,
         scalings,
     )  # fmt: skip
