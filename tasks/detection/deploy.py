@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import clip_boxes_to_image
 
 from heads.box_coder import decode_boxes
 from tasks.common.deploy.graph import batched_nms_padded, gather_rows
@@ -61,6 +60,12 @@ class DetectionOutputs(nn.Module):
         super().__init__()
         self.register_buffer("default_boxes", default_boxes.detach().clone(), persistent=False)
         self.image_size = (int(image_size[0]), int(image_size[1]))
+        height, width = self.image_size
+        # x1 y1 x2 y2 upper bounds: clipping is one Clip and one Min in the graph (torchvision's
+        # `clip_boxes_to_image` slices x and y apart and stacks them back: 11 nodes, the same values)
+        self.register_buffer(
+            "box_bounds", torch.tensor([width, height, width, height], dtype=torch.float32), persistent=False
+        )
         self.score_thresh, self.nms_thresh = float(score_thresh), float(nms_thresh)
         self.topk_candidates, self.detections_per_img = int(topk_candidates), int(detections_per_img)
         self.activation = activation
@@ -72,8 +77,10 @@ class DetectionOutputs(nn.Module):
             scores = cls_logits.softmax(dim=-1)[..., 1:]  # (N, A, C-1)
         else:
             scores = cls_logits.sigmoid()[..., 1:]
-        boxes = clip_boxes_to_image(decode_boxes(box_regression, self.default_boxes, BOX_WEIGHTS), self.image_size)
-        n, anchors, num_fg = scores.shape
+        boxes = decode_boxes(box_regression, self.default_boxes, BOX_WEIGHTS).clamp(min=0).minimum(self.box_bounds)
+        # The batch stays dynamic (-1 in every reshape: no shape arithmetic in the graph); anchors and classes are
+        # fixed by the export's image size and head.
+        anchors, num_fg = int(scores.shape[1]), int(scores.shape[2])
         k = min(self.topk_candidates, anchors)
         # Scores at or below the threshold are dropped after the top-k anyway (the `valid` mask below), so
         # setting them to 0 first changes no output; but it turns almost every element into the same value,
@@ -86,10 +93,10 @@ class DetectionOutputs(nn.Module):
         # threads: 1.9 -> 1.2 ms at batch 1, 14.5 -> 8.8 ms at batch 8; within noise in the benchmark's graphs,
         # whose random heads leave almost no score above its threshold).
         top_scores, top_idx = scores.transpose(1, 2).topk(k, dim=2, sorted=False)  # (N, C-1, k)
-        cand_boxes = gather_rows(boxes, top_idx.reshape(n, num_fg * k))  # (N, (C-1) * k, 4)
+        cand_boxes = gather_rows(boxes, top_idx.reshape(-1, num_fg * k))  # (N, (C-1) * k, 4)
         labels = torch.arange(1, num_fg + 1, device=scores.device).view(1, -1, 1).expand_as(top_idx)
         return batched_nms_padded(
-            cand_boxes.reshape(n, num_fg, k, 4), top_scores, labels, top_scores > self.score_thresh,
+            cand_boxes.reshape(-1, num_fg, k, 4), top_scores, labels, top_scores > self.score_thresh,
             iou_threshold=self.nms_thresh, max_detections=self.detections_per_img,
         )  # fmt: skip
 

@@ -90,8 +90,9 @@ def gather_rows(values: Tensor, index: Tensor) -> Tensor:
         (N, M, D).
     """
     n, rows, width = values.shape
-    offsets = torch.arange(n, device=index.device).view(n, 1) * rows  # (N, 1): image i's first row
-    return values.reshape(n * rows, width)[(index + offsets).reshape(-1)].reshape(n, -1, width)
+    offsets = torch.arange(n, device=index.device).view(-1, 1) * int(rows)  # (N, 1): image i's first row
+    picked = values.reshape(-1, int(width))[(index + offsets).reshape(-1)]  # (N * M, D)
+    return picked.reshape(-1, int(index.shape[1]), int(width))
 
 
 class _NonMaxSuppression(torch.autograd.Function):
@@ -147,21 +148,20 @@ def batched_nms_padded(
         boxes (N, K, 4), scores (N, K), labels (N, K) int64 and num_detections (N,) int64: the first
         num_detections[i] entries of image i are its detections by decreasing score; the rest are zeros.
     """
-    n, groups, m = scores.shape
+    # Only the batch is dynamic in an export: -1 for it in every reshape, the other sizes as numbers.
+    groups, m = int(scores.shape[1]), int(scores.shape[2])
     masked = torch.where(valid, scores, torch.full_like(scores, -1.0))  # invalid candidates sort last
-    selected = _NonMaxSuppression.apply(
-        boxes.reshape(n * groups, m, 4), masked.reshape(n * groups, 1, m), iou_threshold
-    )
+    selected = _NonMaxSuppression.apply(boxes.reshape(-1, m, 4), masked.reshape(-1, 1, m), iou_threshold)
     row, box = selected[:, 0], selected[:, 2]
     flat = row * m + box  # index into (N * G * M)
     picked = masked.reshape(-1)[flat]
     # Dense (N * G * M) scores of the kept candidates, -1 elsewhere; then each image's top K.
     dense = torch.full_like(masked.reshape(-1), -1.0).index_put((flat,), picked)
     k = min(int(max_detections), groups * m)
-    top_scores, top_idx = dense.reshape(n, groups * m).topk(k, dim=1)  # (N, K)
+    top_scores, top_idx = dense.reshape(-1, groups * m).topk(k, dim=1)  # (N, K)
     keep = top_scores > 0.0  # kept candidates passed a threshold >= 0; padding is -1
-    out_boxes = gather_rows(boxes.reshape(n, groups * m, 4), top_idx)
-    out_labels = labels.reshape(n, groups * m).gather(1, top_idx)
+    out_boxes = gather_rows(boxes.reshape(-1, groups * m, 4), top_idx)
+    out_labels = labels.reshape(-1, groups * m).gather(1, top_idx)
     zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
     out_boxes = torch.where(keep.unsqueeze(-1), out_boxes, zero)
     out_scores = torch.where(keep, top_scores, zero)
