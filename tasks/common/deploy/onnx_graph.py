@@ -24,6 +24,16 @@ def all_names(model: onnx.ModelProto) -> set[str]:
     return names | {v for n in graph.node for v in (*n.input, *n.output)}
 
 
+def node_links(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
+    """(producer, consumers): the node writing each value, and the nodes reading it (in graph order)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return producer, consumers
+
+
 def inferred_dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     """Each value's dimensions from ONNX shape inference (None where a dimension is symbolic or unknown).
 

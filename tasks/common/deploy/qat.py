@@ -45,6 +45,7 @@ from onnx import helper, numpy_helper
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from tasks.common.deploy.onnx_graph import node_links
 from tasks.common.deploy.quantize import interpolation_matmul_nodes, shape_derived_tensors
 
 
@@ -298,11 +299,7 @@ def float_output_convolutions(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     no output quantizer, and onnxruntime runs them as float convolutions (it fuses `QLinearConv` only between a
     dequantize and a quantize).
     """
-    producer = {o: n for n in model.graph.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    producer, readers = node_links(model.graph)
 
     def dequantized(name: str) -> bool:
         return name in producer and producer[name].op_type == "DequantizeLinear"

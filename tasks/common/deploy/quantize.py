@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from tasks.common.deploy.onnx_graph import all_names, inferred_dims, unique_name
+from tasks.common.deploy.onnx_graph import all_names, inferred_dims, node_links, unique_name
 from tasks.common.files import atomic_path
 
 # Ops that only move or reshape data. A chain of them that ends in a graph output stays float: quantizing it
@@ -142,10 +142,7 @@ def rewrite_hard_swish(model: onnx.ModelProto) -> int:
     graph = model.graph
     taken = {n.name for n in graph.node} | {t.name for t in graph.initializer}
     taken |= {v for n in graph.node for v in (*n.input, *n.output)}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    _, consumers = node_links(graph)
     graph_outputs = {o.name for o in graph.output}
 
     # (x, y, nodes to remove) for each hard-swish y = h-swish(x)
@@ -401,11 +398,7 @@ def fold_scalar_multiplications(model: onnx.ModelProto) -> int:
         How many multiplications were folded.
     """
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    producer, consumers = node_links(graph)
     initializers = {t.name: t for t in graph.initializer}
     outputs = {o.name for o in graph.output}
     taken = all_names(model)
@@ -474,11 +467,7 @@ def qdq_wrapped_nodes(model: onnx.ModelProto) -> set[str]:
     consumer of every output is a QuantizeLinear (or it has no float consumer, for a graph output quantized
     then dequantized).
     """
-    producer = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    producer, consumers = node_links(model.graph)
     out = set()
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") or not node.input:

@@ -31,7 +31,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tasks.common.deploy.onnx_graph import all_names, attribute, constant_value, inferred_dims, unique_name
+from tasks.common.deploy.onnx_graph import (
+    all_names,
+    attribute,
+    constant_value,
+    inferred_dims,
+    node_links,
+    unique_name,
+)
 
 
 def _text(node: onnx.NodeProto, name: str, default: str) -> str:
@@ -105,11 +112,7 @@ def gather_nearest_resizes(model: onnx.ModelProto) -> int:
         How many Resize nodes were rewritten.
     """
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    producer, consumers = node_links(graph)
     initializers = {t.name: t for t in graph.initializer}
     outputs = {o.name for o in graph.output}
     ranks = {name: len(dims) for name, dims in inferred_dims(model).items()}
