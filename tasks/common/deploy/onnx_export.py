@@ -491,10 +491,8 @@ def _export_qat(
     Returns the `QATReport` and the int8 graph's onnxruntime outputs against its fake-quantized PyTorch model on
     the first calibration batch (integer arithmetic rounds differently: reported, not required to be 0).
     """
-    from tasks.common.deploy.input_quantization import fold_input_normalization
     from tasks.common.deploy.qat import quantization_aware_training, quantize_convolution_outputs, requantize_concats
-    from tasks.common.deploy.quantize import fold_scalar_multiplications, shapes_before_dequantize
-    from tasks.common.deploy.resize_gathers import gather_nearest_resizes
+    from tasks.common.deploy.quantize import quantized_graph_forms
 
     if not calibration:
         raise ValueError("the calibration set is empty: give at least one batch to initialize the quantizers")
@@ -509,8 +507,7 @@ def _export_qat(
     # The same graph forms as post-training quantization's where they apply to NNCF's QDQ graph (the channel
     # padding acts on the float model, which QAT does not pass through).
     changed = requantize_concats(proto) + quantize_convolution_outputs(proto, calibration)
-    changed += shapes_before_dequantize(proto) + fold_scalar_multiplications(proto) + gather_nearest_resizes(proto)
-    if fold_input_normalization(proto) or changed:
+    if any(quantized_graph_forms(proto)) or changed:
         onnx.save(proto, str(path))
     errors = compare_outputs(qat_model, _session(path), torch.from_numpy(calibration[0]))
     return report, errors

@@ -37,12 +37,15 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from tasks.common.deploy.input_quantization import fold_input_normalization
 from tasks.common.deploy.onnx_graph import all_names, inferred_dims, node_links, unique_name
+from tasks.common.deploy.resize_gathers import gather_nearest_resizes
 from tasks.common.files import atomic_path
 
 # Ops that only move or reshape data. A chain of them that ends in a graph output stays float: quantizing it
@@ -361,11 +364,16 @@ def shapes_before_dequantize(model: onnx.ModelProto) -> int:
             node.input[0] = source.input[0]
             moved += 1
     if moved:
-        read = {v for n in graph.node for v in n.input} | {o.name for o in graph.output}
-        kept = [n for n in graph.node if n.op_type != "DequantizeLinear" or n.output[0] in read]
-        del graph.node[:]
-        graph.node.extend(kept)
+        _drop_unread_dequantizes(graph)
     return moved
+
+
+def _drop_unread_dequantizes(graph: onnx.GraphProto) -> None:
+    """Remove (in place) the DequantizeLinear nodes whose output no node and no graph output reads."""
+    read = {v for n in graph.node for v in n.input} | {o.name for o in graph.output}
+    kept = [n for n in graph.node if n.op_type != "DequantizeLinear" or n.output[0] in read]
+    del graph.node[:]
+    graph.node.extend(kept)
 
 
 def _scalar(name: str, initializers: dict[str, onnx.TensorProto], producer: dict[str, onnx.NodeProto]):
@@ -440,20 +448,39 @@ def fold_scalar_multiplications(model: onnx.ModelProto) -> int:
     if not removed:
         return 0
     kept = [n for n in graph.node if id(n) not in removed]
-    read = {v for n in kept for v in n.input} | outputs
-    # The scalar's own DequantizeLinear (hard-swish's shared 1/6) once nothing reads it, then unread initializers.
-    kept = [
-        n
-        for n in kept
-        if not (n.op_type == "DequantizeLinear" and n.output[0] not in read and all(i in initializers for i in n.input))
-    ]
     del graph.node[:]
     graph.node.extend(kept)
-    read = {v for n in kept for v in n.input} | {i.name for i in graph.input}
+    _drop_unread_dequantizes(graph)  # the scalar's own (hard-swish's shared 1/6) once nothing reads it
+    read = {v for n in graph.node for v in n.input} | {i.name for i in graph.input}
     unread = [t for t in graph.initializer if t.name not in read]
     for tensor in unread:
         graph.initializer.remove(tensor)
     return len(removed) // 3
+
+
+class QuantizedGraphForms(NamedTuple):
+    """What `quantized_graph_forms` changed."""
+
+    shapes_moved: int
+    scalings_folded: int
+    resizes_as_gathers: int
+    normalization_folded: bool
+
+
+def quantized_graph_forms(
+    model: onnx.ModelProto, *, gather_resize: bool = True, fold_normalization: bool = True
+) -> QuantizedGraphForms:
+    """Apply (in place) the rewrites of a QDQ graph, in order: PTQ's (`quantize_int8`) and the QAT export's.
+
+    `shapes_before_dequantize`, `fold_scalar_multiplications`, then (optionally) the nearest Resizes as uint8
+    Gathers (`resize_gathers.gather_nearest_resizes`) and the normalization folded into the stem input's
+    QuantizeLinear (`input_quantization.fold_input_normalization`). Each gives the same function.
+    """
+    shapes = shapes_before_dequantize(model)
+    scalings = fold_scalar_multiplications(model)
+    gathers = gather_nearest_resizes(model) if gather_resize else 0
+    folded = fold_input_normalization(model) if fold_normalization else False
+    return QuantizedGraphForms(shapes, scalings, gathers, folded)
 
 
 def qdq_wrapped_nodes(model: onnx.ModelProto) -> set[str]:
@@ -650,22 +677,18 @@ def quantize_int8(
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
             )
             quantized = onnx.load(str(tmp_out))
-            shapes_moved = shapes_before_dequantize(quantized)
-            scalings = fold_scalar_multiplications(quantized)
-            gathers = 0
-            if gather_resize:
-                from tasks.common.deploy.resize_gathers import gather_nearest_resizes
-
-                gathers = gather_nearest_resizes(quantized)
-            folded = False
-            if fold_normalization:
-                from tasks.common.deploy.input_quantization import fold_input_normalization
-
-                folded = fold_input_normalization(quantized)
-            if folded or shapes_moved or scalings or gathers:
+            forms = quantized_graph_forms(quantized, gather_resize=gather_resize, fold_normalization=fold_normalization)
+            if any(forms):
                 onnx.save(quantized, str(tmp_out))
             onnx.checker.check_model(str(tmp_out))
     return QuantizationReport(
-        Path(output_path), tuple(excluded), rewritten, feed.count, widened, len(channel_pads), folded, gathers,
-        scalings,
-    )  # fmt: skip
+        path=Path(output_path),
+        float_nodes=tuple(excluded),
+        hard_swish_rewritten=rewritten,
+        calibration_batches=feed.count,
+        depthwise_widened=widened,
+        inputs_widened=len(channel_pads),
+        normalization_folded=forms.normalization_folded,
+        resizes_as_gathers=forms.resizes_as_gathers,
+        scalings_folded=forms.scalings_folded,
+    )
