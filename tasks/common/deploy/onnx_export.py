@@ -395,6 +395,8 @@ def export_module(
     metadata: dict[str, str] | None = None,
     qat_steps: int = 0,
     qat_lr: float = 1e-5,
+    calibration_method: str = "percentile",
+    calibration_percentile: float = 99.999,
 ) -> ExportSummary:
     """Export a task module's deployable graph to `output` (see the module docstring).
 
@@ -410,16 +412,21 @@ def export_module(
         qat_steps: With `int8`, reach int8 by this many steps of quantization-aware training on the training
             split (`tasks.common.deploy.qat`) instead of post-training quantization; 0 for PTQ.
         qat_lr: The QAT learning rate.
+        calibration_method: Post-training calibration: "percentile" (the default), "minmax" or "entropy"
+            (`tasks.common.deploy.calibration`); QAT initializes its quantizers with NNCF's own.
+        calibration_percentile: With "percentile": the % of each activation's values kept inside its range.
 
     Returns:
         What was written.
     """
+    from tasks.common.deploy.calibration import check_calibration_method
     from tasks.common.deploy.quantize import quantize_int8  # onnxruntime.quantization: imported when needed
 
     if qat_steps and not int8:
         raise ValueError("--qat_steps gives an int8 model: add --int8")
     if qat_steps < 0:
         raise ValueError(f"--qat_steps must be 0 (post-training quantization) or more, got {qat_steps}")
+    check_calibration_method(calibration_method, calibration_percentile)
     output = check_output_path(output)
     task = task_of(type(module))
     spec = deployment(task)
@@ -453,7 +460,11 @@ def export_module(
                 )
             else:
                 excluded = postprocessing_nodes(onnx.load(str(fp32_path)))
-                report = quantize_int8(fp32_path, final, batches, nodes_to_exclude=excluded)
+                report = quantize_int8(
+                    fp32_path, final, batches, nodes_to_exclude=excluded, calibration_method=calibration_method,
+                    calibration_percentile=calibration_percentile,
+                )  # fmt: skip
+                meta["calibration"] = report.calibration_method
         proto = onnx.load(str(final))
         del proto.metadata_props[:]
         for key, value in meta.items():
@@ -564,6 +575,8 @@ class DeployTrainer(Trainer):
         format: str = "onnx",
         qat_steps: int = 0,
         qat_lr: float = 1e-5,
+        calibration_method: str = "percentile",
+        calibration_percentile: float = 99.999,
     ) -> Any:
         """Export a checkpoint to ONNX (fp32, or int8 with --int8), with pre- and post-processing inside.
 
@@ -580,6 +593,10 @@ class DeployTrainer(Trainer):
             qat_steps: With --int8: reach int8 by this many steps of quantization-aware training (NNCF, on the
                 training split, `tasks.common.deploy.qat`) instead of post-training quantization (0). ONNX only.
             qat_lr: The quantization-aware training's learning rate (AdamW, constant).
+            calibration_method: How post-training int8 sets each activation's range from the calibration
+                batches: "percentile" (keep --calibration_percentile % of the values, clip the rarest), "minmax"
+                (the extremes seen) or "entropy" (KL divergence); docs/deploy.md compares them. ONNX PTQ only.
+            calibration_percentile: With "percentile": the % of each activation's values inside its range.
 
         Returns:
             The export summary (`ExportSummary`, or `TFLiteSummary` for tflite).
@@ -598,6 +615,7 @@ class DeployTrainer(Trainer):
         summary = export_module(
             model, datamodule, output, int8=int8, calibration_batches_count=calibration_batches, raw=raw,
             metadata={"checkpoint": str(ckpt_path)} if ckpt_path else None, qat_steps=qat_steps, qat_lr=qat_lr,
+            calibration_method=calibration_method, calibration_percentile=calibration_percentile,
         )  # fmt: skip
         print(summary.format())
         return summary

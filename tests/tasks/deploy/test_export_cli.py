@@ -32,6 +32,11 @@ def test_export_validate_predict(name, checkpoints, tmp_path, monkeypatch, capsy
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.onnx", "model_int8.onnx"]  # no leftovers
     int8 = OnnxModel(tmp_path / "out/model_int8.onnx")
     assert int8.precision == "int8" and int8.task == name
+    # the default calibration: percentile, on the network part (detection's NMS part would break it otherwise)
+    assert (
+        int8.metadata["calibration"] == "percentile 99.999"
+        and "calibrated (percentile 99.999)" in capsys.readouterr().out
+    )
     assert int8.input_type == "tensor(uint8)" and int8.input_shape[0] == "batch"
 
     reference = metrics(main(["validate", *args, "--ckpt_path", ckpt]))
@@ -80,6 +85,18 @@ def test_checkpoint_of_another_architecture_is_refused(checkpoints, tmp_path, mo
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_bad_calibration_options_from_the_command_line_are_refused_and_nothing_written(
+    checkpoints, tmp_path, monkeypatch
+):
+    main, args = TASKS["depth"][0], [*cli_args("depth"), "--ckpt_path", str(checkpoints["depth"]), "--int8"]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="--calibration_method must be one of .*got 'max'"):
+        main(["export", *args, "--output", "m.onnx", "--calibration_method", "max"])
+    with pytest.raises(ValueError, match=r"--calibration_percentile must be in \(50, 100\], got 101.0"):
+        main(["export", *args, "--output", "m.onnx", "--calibration_percentile", "101"])
+    assert not list(tmp_path.iterdir())
+
+
 def test_unwritable_output_is_refused_and_nothing_written(checkpoints, tmp_path, monkeypatch):
     main, args = TASKS["depth"][0], [*cli_args("depth"), "--ckpt_path", str(checkpoints["depth"])]
     monkeypatch.chdir(tmp_path)
@@ -113,6 +130,8 @@ def test_empty_or_mis_sized_calibration_is_refused_and_an_older_file_survives(ch
         export_module(module, data, out, int8=True, calibration=wrong)
     with pytest.raises(ValueError, match="dtype float32, the model expects uint8"):
         export_module(module, data, out, int8=True, calibration=[np.zeros((2, 3, 64, 64), np.float32)])
+    with pytest.raises(ValueError, match=r"--calibration_method must be one of \['minmax', 'percentile', 'entropy'\]"):
+        export_module(module, data, out, int8=True, calibration_method="kl")
     assert out.read_bytes() == b"older model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
