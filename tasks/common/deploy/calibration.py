@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 from onnxruntime.quantization import CalibrationDataReader
+from tqdm.auto import tqdm
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
@@ -156,7 +157,10 @@ def histogram_overrides(
         calibrate_method=CalibrationMethod.Percentile if method == "percentile" else CalibrationMethod.Entropy,
         extra_options=options,
     )
-    calibrator.collect_data(Replay(feeds))
+    # One batch per call: onnxruntime holds every intermediate output of a call in memory until it has made the
+    # histograms (all batches of a 512 px segmentation net would be gigabytes); the histograms merge across calls.
+    for feed in tqdm(feeds, desc=f"{method} calibration", unit="batch", leave=False):
+        calibrator.collect_data(Replay([feed]))
     ranges = calibrator.compute_data()
     op_of = {output: node.op_type for node in model.graph.node for output in node.output}
     overrides = {}

@@ -414,7 +414,8 @@ def export_module(
         qat_lr: The QAT learning rate.
         calibration_method: Post-training calibration: "percentile" (the default), "minmax" or "entropy"
             (`tasks.common.deploy.calibration`); QAT initializes its quantizers with NNCF's own.
-        calibration_percentile: With "percentile": the % of each activation's values kept inside its range.
+        calibration_percentile: With "percentile": the percentile of each activation's magnitudes that bounds
+            its range.
 
     Returns:
         What was written.
@@ -594,9 +595,11 @@ class DeployTrainer(Trainer):
                 training split, `tasks.common.deploy.qat`) instead of post-training quantization (0). ONNX only.
             qat_lr: The quantization-aware training's learning rate (AdamW, constant).
             calibration_method: How post-training int8 sets each activation's range from the calibration
-                batches: "percentile" (keep --calibration_percentile % of the values, clip the rarest), "minmax"
-                (the extremes seen) or "entropy" (KL divergence); docs/deploy.md compares them. ONNX PTQ only.
-            calibration_percentile: With "percentile": the % of each activation's values inside its range.
+                batches: "percentile" (bounded by the --calibration_percentile-th percentile of its magnitudes:
+                the rarest extremes clipped), "minmax" (the extremes seen) or "entropy" (KL divergence);
+                docs/deploy.md "Calibration" compares them. ONNX post-training quantization only.
+            calibration_percentile: With "percentile": the percentile of each activation's magnitudes that
+                bounds its range.
 
         Returns:
             The export summary (`ExportSummary`, or `TFLiteSummary` for tflite).
