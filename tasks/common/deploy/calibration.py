@@ -17,7 +17,10 @@ on the tensors of detection's NMS part, whose sizes change from batch to batch. 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -48,7 +51,7 @@ def check_calibration_method(method: str, percentile: float) -> None:
     """
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"--calibration_method must be one of {list(CALIBRATION_METHODS)}, got {method!r}")
-    if method == "percentile" and not 50.0 < float(percentile) <= 100.0:
+    if not 50.0 < float(percentile) <= 100.0:  # refused whatever the method: a bad value is a mistake either way
         raise ValueError(f"--calibration_percentile must be in (50, 100], got {percentile}")
 
 
@@ -159,9 +162,11 @@ def histogram_overrides(
     )
     # One batch per call: onnxruntime holds every intermediate output of a call in memory until it has made the
     # histograms (all batches of a 512 px segmentation net would be gigabytes); the histograms merge across calls.
-    for feed in tqdm(feeds, desc=f"{method} calibration", unit="batch", leave=False):
-        calibrator.collect_data(Replay([feed]))
-    ranges = calibrator.compute_data()
+    # (onnxruntime prints a line per call and per tensor set; the progress bar says what runs instead)
+    with contextlib.redirect_stdout(io.StringIO()):
+        for feed in tqdm(feeds, desc=f"{method} calibration", unit="batch", leave=False, file=sys.stderr):
+            calibrator.collect_data(Replay([feed]))
+        ranges = calibrator.compute_data()
     op_of = {output: node.op_type for node in model.graph.node for output in node.output}
     overrides = {}
     for name, tensor_range in ranges.data.items():

@@ -395,7 +395,7 @@ def export_module(
     metadata: dict[str, str] | None = None,
     qat_steps: int = 0,
     qat_lr: float = 1e-5,
-    calibration_method: str = "percentile",
+    calibration_method: str = "minmax",
     calibration_percentile: float = 99.999,
 ) -> ExportSummary:
     """Export a task module's deployable graph to `output` (see the module docstring).
@@ -412,7 +412,7 @@ def export_module(
         qat_steps: With `int8`, reach int8 by this many steps of quantization-aware training on the training
             split (`tasks.common.deploy.qat`) instead of post-training quantization; 0 for PTQ.
         qat_lr: The QAT learning rate.
-        calibration_method: Post-training calibration: "percentile" (the default), "minmax" or "entropy"
+        calibration_method: Post-training calibration: "minmax" (the default), "percentile" or "entropy"
             (`tasks.common.deploy.calibration`); QAT initializes its quantizers with NNCF's own.
         calibration_percentile: With "percentile": the percentile of each activation's magnitudes that bounds
             its range.
@@ -576,7 +576,7 @@ class DeployTrainer(Trainer):
         format: str = "onnx",
         qat_steps: int = 0,
         qat_lr: float = 1e-5,
-        calibration_method: str = "percentile",
+        calibration_method: str = "minmax",
         calibration_percentile: float = 99.999,
     ) -> Any:
         """Export a checkpoint to ONNX (fp32, or int8 with --int8), with pre- and post-processing inside.
@@ -595,8 +595,8 @@ class DeployTrainer(Trainer):
                 training split, `tasks.common.deploy.qat`) instead of post-training quantization (0). ONNX only.
             qat_lr: The quantization-aware training's learning rate (AdamW, constant).
             calibration_method: How post-training int8 sets each activation's range from the calibration
-                batches: "percentile" (bounded by the --calibration_percentile-th percentile of its magnitudes:
-                the rarest extremes clipped), "minmax" (the extremes seen) or "entropy" (KL divergence);
+                batches: "minmax" (the extremes seen), "percentile" (bounded by the --calibration_percentile-th
+                percentile of its magnitudes: the rarest extremes clipped) or "entropy" (KL divergence);
                 docs/deploy.md "Calibration" compares them. ONNX post-training quantization only.
             calibration_percentile: With "percentile": the percentile of each activation's magnitudes that
                 bounds its range.
