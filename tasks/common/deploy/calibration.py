@@ -1,28 +1,26 @@
-"""Activation ranges for int8 by histogram calibration (percentile, entropy), on the network part of a graph.
+"""Percentile calibration of int8 activation ranges, on the network part of a graph.
 
 `quantize_int8` calibrates with onnxruntime's MinMax by default: each activation's range is the extremes seen
-on the calibration batches, so one outlier pixel stretches the 8-bit grid of a whole tensor. The histogram
-methods clip such outliers: "percentile" bounds each tensor's range by T, the `percentile`-th percentile of its
-absolute values (the range is (max(-T, min), min(T, max)): a ReLU6 output's is (0, T)), onnxruntime's
-PercentileCalibrater with its symmetric histograms; "entropy" picks the range whose 8-bit histogram is closest
-to the float one (KL divergence, TensorRT's method).
+on the calibration batches, so one outlier pixel stretches the 8-bit grid of a whole tensor. "percentile"
+clips such outliers: each tensor's range is bounded by T, the `percentile`-th percentile of its magnitudes
+(the range is (max(-T, min), min(T, max)), so a ReLU6 output's is (0, T)): the method of onnxruntime's
+`PercentileCalibrater` with symmetric histograms.
 
-Why not just `quantize_static(calibrate_method=...)`: onnxruntime calibrates every float tensor of the graph,
+Why not `quantize_static(calibrate_method=Percentile)`: onnxruntime calibrates every float tensor of the graph,
 and its histogram calibrators stack each tensor's batches into one array, which fails ("inhomogeneous shape")
-on the tensors of detection's NMS part, whose sizes change from batch to batch. That part stays float anyway
-(`quantize.float_nodes`), so the histograms are collected on the graph cut where the float output part begins
-(`network_part`), with onnxruntime's own calibrator (`create_calibrator`), and the ranges go to
-`quantize_static` as `TensorQuantOverrides` (rmin / rmax per tensor) (`histogram_overrides`).
+on the tensors of detection's NMS part, whose sizes change from batch to batch; they also fail on nearly
+constant tensors (`percentile_overrides`). The output part stays float anyway (`quantize.float_nodes`), so the
+histograms are made on the graph cut where the float output part begins (`network_part`), and the ranges go to
+`quantize_static` as `TensorQuantOverrides` (rmin / rmax per tensor). onnxruntime's entropy calibrator (KL
+divergence) was measured too and is not offered: it lost 6 points of VOC mAP@0.5 on the BCCD detector
+(docs/deploy.md, "Calibration").
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -30,7 +28,7 @@ from onnx import TensorProto, helper
 from onnxruntime.quantization import CalibrationDataReader
 from tqdm.auto import tqdm
 
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+CALIBRATION_METHODS = ("minmax", "percentile")
 
 # Ops whose output onnxruntime's QDQ quantizer gives its input's quantization (`registry.QDQRegistry`: the
 # Direct8Bit ops, Resize, MaxPool, Pad, Split, Gather, Where) or that only move data. Their outputs get no
@@ -121,57 +119,81 @@ class Replay(CalibrationDataReader):
         self.index = 0
 
 
-def histogram_overrides(
+def _range_tensors(part: onnx.ModelProto) -> list[str]:
+    """The float tensors of the network part that take a range of their own (see `_SAME_RANGE_AS_INPUT`)."""
+    float_values = {
+        value.name
+        for value in (*part.graph.value_info, *part.graph.output)
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT
+    }
+    names = [
+        output
+        for node in part.graph.node
+        if node.op_type not in _SAME_RANGE_AS_INPUT
+        for output in node.output
+        if output in float_values
+    ]
+    return list(dict.fromkeys(names))
+
+
+def percentile_overrides(
     model: onnx.ModelProto,
     float_nodes: Iterable[str],
     feeds: Sequence[Mapping[str, np.ndarray]],
     *,
-    method: str,
     percentile: float,
-    work_dir: str | Path,
+    bins: int = 2048,
 ) -> dict[str, list[dict[str, np.float32]]]:
-    """Histogram-calibrated ranges of the network part, as `quantize_static`'s `TensorQuantOverrides`.
+    """Percentile-calibrated ranges of the network part, as `quantize_static`'s `TensorQuantOverrides`.
+
+    The method of onnxruntime's `PercentileCalibrater` (symmetric: histograms of |x|, `bins` bins over
+    [0, max |x|]), computed here in two passes over the batches: onnxruntime's collector also fails on nearly
+    constant tensors (np.histogram's "Too many bins for data range" when a tensor spans a few float steps, e.g.
+    a squeeze-excite sigmoid at 0.5 +- 5e-5 in a fresh EfficientNet), and holds every batch's tensors at once.
 
     Args:
         model: The float model `quantize_static` will quantize (after `quant_pre_process`).
         float_nodes: The nodes it keeps float (`nodes_to_exclude`).
         feeds: The calibration batches, {input name: array}.
-        method: "percentile" or "entropy".
-        percentile: For "percentile": the share of each tensor's values kept inside its range, in %.
-        work_dir: Folder for the cut and onnxruntime's augmented model (a temporary one).
+        percentile: T, each tensor's bound, is the `percentile`-th percentile of its magnitudes (to a bin).
+        bins: Histogram bins per tensor.
 
     Returns:
-        {tensor name: [{"rmin": ..., "rmax": ...}]} for each calibrated tensor produced by an op that takes a
-        range of its own (not `_SAME_RANGE_AS_INPUT`); ranges include 0, as onnxruntime's own do.
+        {tensor name: [{"rmin": ..., "rmax": ...}]}: (min(0, max(-T, min)), max(0, min(T, max))) for each tensor
+        produced by an op that takes a range of its own; tensors that are 0 everywhere get none (MinMax's).
     """
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+    import onnxruntime as ort
 
-    work_dir = Path(work_dir)
-    part_path = work_dir / "network_part.onnx"
-    onnx.save(network_part(model, float_nodes), str(part_path))
-    options = {"num_bins": 2048}
-    if method == "percentile":
-        # symmetric: histograms of |x| (a one-sided percentile of magnitudes, then clamped to the extremes seen)
-        options.update(percentile=float(percentile), symmetric=True)
-    calibrator = create_calibrator(
-        str(part_path),
-        [],
-        augmented_model_path=str(work_dir / "network_part_augmented.onnx"),
-        calibrate_method=CalibrationMethod.Percentile if method == "percentile" else CalibrationMethod.Entropy,
-        extra_options=options,
+    part = network_part(model, float_nodes)
+    names = _range_tensors(part)
+    outputs = {value.name for value in part.graph.output}
+    part.graph.output.extend(
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in outputs
     )
-    # One batch per call: onnxruntime holds every intermediate output of a call in memory until it has made the
-    # histograms (all batches of a 512 px segmentation net would be gigabytes); the histograms merge across calls.
-    # (onnxruntime prints a line per call and per tensor set; the progress bar says what runs instead)
-    with contextlib.redirect_stdout(io.StringIO()):
-        for feed in tqdm(feeds, desc=f"{method} calibration", unit="batch", leave=False, file=sys.stderr):
-            calibrator.collect_data(Replay([feed]))
-        ranges = calibrator.compute_data()
-    op_of = {output: node.op_type for node in model.graph.node for output in node.output}
+    session = ort.InferenceSession(part.SerializeToString(), providers=["CPUExecutionProvider"])
+    low = dict.fromkeys(names, np.inf)
+    high = dict.fromkeys(names, -np.inf)
+    progress = {"unit": "batch", "leave": False, "file": sys.stderr}
+    for feed in tqdm(feeds, desc="percentile calibration (1/2: extremes)", **progress):
+        for name, value in zip(names, session.run(names, dict(feed))):
+            if value.size:
+                low[name], high[name] = min(low[name], float(value.min())), max(high[name], float(value.max()))
+    # 1e-30: far below any activation's step; a tensor that small is 0 to 8 bits, and its bins would underflow
+    bound = {name: max(abs(low[name]), abs(high[name])) for name in names if np.isfinite(low[name])}
+    bound = {name: b for name, b in bound.items() if b > 1e-30}
+    counts = {name: np.zeros(bins, dtype=np.int64) for name in bound}
+    for feed in tqdm(
+        feeds, desc="percentile calibration (2/2: histograms)", unit="batch", leave=False, file=sys.stderr
+    ):
+        for name, value in zip(names, session.run(names, dict(feed))):
+            if name in counts:
+                counts[name] += np.histogram(np.abs(value), bins=bins, range=(0.0, bound[name]))[0]
     overrides = {}
-    for name, tensor_range in ranges.data.items():
-        if op_of.get(name) in _SAME_RANGE_AS_INPUT:
-            continue
-        low, high = (float(v) for v in tensor_range.range_value)
-        overrides[name] = [{"rmin": np.float32(min(low, 0.0)), "rmax": np.float32(max(high, 0.0))}]
+    for name, count in counts.items():
+        cdf = np.cumsum(count) / max(int(count.sum()), 1)
+        # the upper edge of the bin where the cumulative share reaches the percentile: T covers it
+        index = min(int(np.searchsorted(cdf, percentile / 100.0)), bins - 1)
+        magnitude = bound[name] * (index + 1) / bins
+        rmin, rmax = min(0.0, max(-magnitude, low[name])), max(0.0, min(magnitude, high[name]))
+        overrides[name] = [{"rmin": np.float32(rmin), "rmax": np.float32(rmax)}]
     return overrides

@@ -412,7 +412,7 @@ def export_module(
         qat_steps: With `int8`, reach int8 by this many steps of quantization-aware training on the training
             split (`tasks.common.deploy.qat`) instead of post-training quantization; 0 for PTQ.
         qat_lr: The QAT learning rate.
-        calibration_method: Post-training calibration: "minmax" (the default), "percentile" or "entropy"
+        calibration_method: Post-training calibration: "minmax" (the default) or "percentile"
             (`tasks.common.deploy.calibration`); QAT initializes its quantizers with NNCF's own.
         calibration_percentile: With "percentile": the percentile of each activation's magnitudes that bounds
             its range.
@@ -595,8 +595,8 @@ class DeployTrainer(Trainer):
                 training split, `tasks.common.deploy.qat`) instead of post-training quantization (0). ONNX only.
             qat_lr: The quantization-aware training's learning rate (AdamW, constant).
             calibration_method: How post-training int8 sets each activation's range from the calibration
-                batches: "minmax" (the extremes seen), "percentile" (bounded by the --calibration_percentile-th
-                percentile of its magnitudes: the rarest extremes clipped) or "entropy" (KL divergence);
+                batches: "minmax" (the extremes seen) or "percentile" (bounded by the
+                --calibration_percentile-th percentile of its magnitudes: the rarest extremes clipped);
                 docs/deploy.md "Calibration" compares them. ONNX post-training quantization only.
             calibration_percentile: With "percentile": the percentile of each activation's magnitudes that
                 bounds its range.

@@ -25,9 +25,9 @@ The recipe (measured on onnxruntime 1.32, x86-64 with AVX512-VNNI; docs/deploy.m
 - `float_nodes` keeps in float what onnxruntime would run in float anyway and what only adds a
   quantize/dequantize pair (the docstring says which and why).
 - Calibration: MinMax over batches of the task's own training images (`quantize_int8(..., batches)`);
-  `calibration_method="percentile"` or "entropy" calibrate on histograms of the network part instead
-  (`calibration`). Measured on the three real checkpoints, percentile 99.999 was no better than MinMax within
-  the test sets' noise (docs/deploy.md "Calibration"), so MinMax, one pass, stays the default.
+  `calibration_method="percentile"` calibrates on histograms of the network part instead (`calibration`).
+  Measured on the three real checkpoints, percentile 99.999 was no better than MinMax within the test sets'
+  noise (docs/deploy.md "Calibration"), so MinMax, one pass, stays the default.
 
 `quant_pre_process` (onnxruntime's symbolic shape inference + basic graph optimization) runs first, as
 onnxruntime recommends; the output file is written atomically.
@@ -67,7 +67,7 @@ class QuantizationReport:
         float_nodes: Names of the nodes kept out of quantization by `float_nodes` (plus any given).
         hard_swish_rewritten: Hard-swish activations rewritten into int8-fusable ops.
         calibration_batches: Batches the activation ranges were calibrated on.
-        calibration_method: "minmax", "percentile 99.999" (with its percentile) or "entropy".
+        calibration_method: "minmax" or "percentile 99.999" (with its percentile).
         depthwise_widened: Depthwise convolutions given zero channels up to a multiple of 16.
         inputs_widened: Convolutions (the RGB stem) given zero input channels up to 4.
         normalization_folded: The image normalization was folded into the stem input's QuantizeLinear.
@@ -624,8 +624,8 @@ def quantize_int8(
         gather_resize: Run the int8 graph's nearest-neighbour Resizes as two uint8 Gathers in channels-last
             order (`resize_gathers.gather_nearest_resizes`): the same values; onnxruntime's uint8 Resize takes a
             slow generic path in the graph's NHWC layout.
-        calibration_method: "minmax" (the default): each activation's range is the extremes seen; "percentile"
-            or "entropy": ranges from histograms of the network part (`calibration.histogram_overrides`).
+        calibration_method: "minmax" (the default): each activation's range is the extremes seen; "percentile":
+            ranges from histograms of the network part (`calibration.percentile_overrides`).
         calibration_percentile: With "percentile": the percentile of each activation's magnitudes that bounds
             its range.
 
@@ -641,7 +641,7 @@ def quantize_int8(
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from tasks.common.deploy.calibration import Replay, check_calibration_method, histogram_overrides
+    from tasks.common.deploy.calibration import Replay, check_calibration_method, percentile_overrides
 
     check_calibration_method(calibration_method, calibration_percentile)
     model_path = Path(model_path)
@@ -681,14 +681,13 @@ def quantize_int8(
         excluded = [*float_nodes(preprocessed), *channel_pads, *nodes_to_exclude]
         extra_options = {"WeightSymmetric": True, "ActivationSymmetric": False}
         reader = Reader()
-        if calibration_method != "minmax":
-            # Two calibrations read the batches (histograms on the network part, then quantize_static's own
+        if calibration_method == "percentile":
+            # Two calibrations read the batches (the percentiles on the network part, then quantize_static's own
             # MinMax, whose ranges the overrides replace), so they are held in memory once checked.
             reader = Replay(list(iter(feed.get_next, None)))
-            extra_options["TensorQuantOverrides"] = histogram_overrides(
-                preprocessed, excluded, reader.feeds, method=calibration_method, percentile=calibration_percentile,
-                work_dir=tmp_dir,
-            )  # fmt: skip
+            extra_options["TensorQuantOverrides"] = percentile_overrides(
+                preprocessed, excluded, reader.feeds, percentile=calibration_percentile
+            )
         with atomic_path(output_path) as tmp_out:
             quantize_static(
                 str(pre_path),
