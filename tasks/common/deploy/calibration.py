@@ -88,7 +88,7 @@ def network_part(model: onnx.ModelProto, float_nodes: Iterable[str]) -> onnx.Mod
         for value in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)
     }
     outputs = [name for name in dict.fromkeys(cut) if types.get(name) == TensorProto.FLOAT]
-    part = copy.deepcopy(model)
+    part = copy.deepcopy(inferred)  # with the inferred types, which `_range_tensors` reads
     del part.graph.node[:]
     part.graph.node.extend(copy.deepcopy(kept_nodes))
     del part.graph.output[:]
