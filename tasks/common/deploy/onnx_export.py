@@ -428,6 +428,11 @@ def export_module(
     if qat_steps < 0:
         raise ValueError(f"--qat_steps must be 0 (post-training quantization) or more, got {qat_steps}")
     check_calibration_method(calibration_method, calibration_percentile)
+    if calibration_method != "minmax" and qat_steps:
+        raise ValueError(
+            f"--calibration_method {calibration_method} is for post-training quantization: with --qat_steps, NNCF "
+            "initializes the quantizers and training sets their ranges"
+        )
     output = check_output_path(output)
     task = task_of(type(module))
     spec = deployment(task)
@@ -609,6 +614,11 @@ class DeployTrainer(Trainer):
         if format == "tflite":
             if qat_steps:
                 raise ValueError("--qat_steps is for --format onnx: the TFLite export quantizes after training only")
+            if calibration_method != "minmax":
+                raise ValueError(
+                    f"--calibration_method {calibration_method} is for --format onnx: the TFLite export calibrates "
+                    "with litert-torch's own observers"
+                )
             from tasks.common.deploy.tflite_export import export_tflite_checkpoint
 
             return export_tflite_checkpoint(

@@ -95,6 +95,10 @@ def test_bad_calibration_options_from_the_command_line_are_refused_and_nothing_w
         main(["export", *args, "--output", "m.onnx", "--calibration_method", "max"])
     with pytest.raises(ValueError, match=r"--calibration_percentile must be in \(50, 100\], got 101.0"):
         main(["export", *args, "--output", "m.onnx", "--calibration_percentile", "101"])
+    with pytest.raises(ValueError, match="--calibration_method percentile is for post-training quantization"):
+        main(["export", *args, "--output", "m.onnx", "--qat_steps", "2", "--calibration_method", "percentile"])
+    with pytest.raises(ValueError, match="--calibration_method percentile is for --format onnx"):
+        main(["export", *args, "--output", "m.tflite", "--format", "tflite", "--calibration_method", "percentile"])
     assert not list(tmp_path.iterdir())
 
 
