@@ -168,7 +168,7 @@ def percentile_overrides(
     names = _range_tensors(part)
     outputs = {value.name for value in part.graph.output}
     part.graph.output.extend(
-        helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in outputs
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in names if name not in outputs
     )
     session = ort.InferenceSession(part.SerializeToString(), providers=["CPUExecutionProvider"])
     low = dict.fromkeys(names, np.inf)
@@ -182,9 +182,7 @@ def percentile_overrides(
     bound = {name: max(abs(low[name]), abs(high[name])) for name in names if np.isfinite(low[name])}
     bound = {name: b for name, b in bound.items() if b > 1e-30}
     counts = {name: np.zeros(bins, dtype=np.int64) for name in bound}
-    for feed in tqdm(
-        feeds, desc="percentile calibration (2/2: histograms)", unit="batch", leave=False, file=sys.stderr
-    ):
+    for feed in tqdm(feeds, desc="percentile calibration (2/2: histograms)", **progress):
         for name, value in zip(names, session.run(names, dict(feed))):
             if name in counts:
                 counts[name] += np.histogram(np.abs(value), bins=bins, range=(0.0, bound[name]))[0]
