@@ -28,6 +28,8 @@ from onnx import TensorProto, helper
 from onnxruntime.quantization import CalibrationDataReader
 from tqdm.auto import tqdm
 
+from tasks.common.deploy.onnx_graph import node_links
+
 CALIBRATION_METHODS = ("minmax", "percentile")
 
 # Ops whose output onnxruntime's QDQ quantizer gives its input's quantization (`registry.QDQRegistry`: the
@@ -69,7 +71,7 @@ def network_part(model: onnx.ModelProto, float_nodes: Iterable[str]) -> onnx.Mod
     """
     graph = model.graph
     floating = set(float_nodes)
-    producer = {output: node for node in graph.node for output in node.output}
+    producer, _ = node_links(graph)
     kept: set[int] = set()
     stack = [node for node in graph.node if node.name not in floating]
     while stack:

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tasks.common.deploy.onnx_graph import all_names, attribute, constant_value, unique_name
+from tasks.common.deploy.onnx_graph import all_names, attribute, constant_value, drop_unused_constants, unique_name
 
 # Elementwise ops with a constant operand that make up the normalization.
 _AFFINE_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
@@ -186,17 +186,5 @@ def fold_input_normalization(model: onnx.ModelProto) -> bool:
     kept = [n for n in graph.node if id(n) not in removed]
     del graph.node[:]
     graph.node.extend([*new_nodes, *kept])  # the new nodes read only the image and constants
-    _drop_unused_constants(model)
+    drop_unused_constants(model)
     return True
-
-
-def _drop_unused_constants(model: onnx.ModelProto) -> None:
-    """Remove the initializers and `Constant` nodes that only the removed nodes read."""
-    graph = model.graph
-    used = {v for n in graph.node for v in n.input} | {o.name for o in graph.output}
-    nodes = [n for n in graph.node if n.op_type != "Constant" or n.output[0] in used]
-    initializers = [t for t in graph.initializer if t.name in used]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)

@@ -34,6 +34,21 @@ def node_links(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[
     return producer, consumers
 
 
+def drop_unused_constants(model: onnx.ModelProto) -> None:
+    """Remove (in place) the initializers and `Constant` nodes that no node, graph input or graph output reads.
+
+    For the rewrites that remove nodes: what only those nodes read goes with them.
+    """
+    graph = model.graph
+    used = {v for n in graph.node for v in n.input} | {o.name for o in graph.output} | {i.name for i in graph.input}
+    nodes = [n for n in graph.node if n.op_type != "Constant" or n.output[0] in used]
+    initializers = [t for t in graph.initializer if t.name in used]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+
+
 def inferred_dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     """Each value's dimensions from ONNX shape inference (None where a dimension is symbolic or unknown).
 

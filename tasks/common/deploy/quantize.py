@@ -47,7 +47,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from tasks.common.deploy.input_quantization import fold_input_normalization
-from tasks.common.deploy.onnx_graph import all_names, inferred_dims, node_links, unique_name
+from tasks.common.deploy.onnx_graph import all_names, drop_unused_constants, inferred_dims, node_links, unique_name
 from tasks.common.deploy.resize_gathers import gather_nearest_resizes
 from tasks.common.files import atomic_path
 
@@ -456,10 +456,7 @@ def fold_scalar_multiplications(model: onnx.ModelProto) -> int:
     del graph.node[:]
     graph.node.extend(kept)
     _drop_unread_dequantizes(graph)  # the scalar's own (hard-swish's shared 1/6) once nothing reads it
-    read = {v for n in graph.node for v in n.input} | {i.name for i in graph.input}
-    unread = [t for t in graph.initializer if t.name not in read]
-    for tensor in unread:
-        graph.initializer.remove(tensor)
+    drop_unused_constants(model)
     return len(removed) // 3
 
 
